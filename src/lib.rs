@@ -7,6 +7,7 @@
 pub mod allowlist;
 pub mod config;
 pub mod firewall;
+pub mod network;
 pub mod pasta;
 pub mod special;
 pub mod sync_ips;
