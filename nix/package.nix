@@ -1,0 +1,36 @@
+# The run-time half: the `claude-chroot-activate` binary.
+{
+  lib,
+  rustPlatform,
+}:
+let
+  cargo = lib.importTOML ../Cargo.toml;
+in
+rustPlatform.buildRustPackage {
+  pname = "claude-chroot-activate";
+  inherit (cargo.package) version;
+
+  # Only what the crate needs, so an edit to the Nix files or the docs does
+  # not rebuild the binary.
+  src = lib.fileset.toSource {
+    root = ../.;
+    fileset = lib.fileset.unions [
+      ../Cargo.toml
+      ../Cargo.lock
+      ../src
+    ];
+  };
+
+  cargoLock.lockFile = ../Cargo.lock;
+
+  # The integration tests need root, namespaces and nftables, which the build
+  # sandbox does not give; they run in CI and in the NixOS VM tests instead.
+  cargoTestFlags = [ "--lib" ];
+
+  meta = {
+    description = "Run-time half of claude-chroot: one sandboxed Claude Code session per project";
+    license = lib.licenses.mit;
+    mainProgram = "claude-chroot-activate";
+    platforms = lib.platforms.linux;
+  };
+}
