@@ -68,7 +68,12 @@ writeShellApplication {
     exec ${lib.getExe privileged} "$@"
   '';
   passthru = passthru // {
-    inherit activator config privileged;
+    inherit
+      activator
+      config
+      passEnv
+      privileged
+      ;
   };
   meta = {
     description = "Run Claude Code on one project with a read-only system and an allowlisted network";

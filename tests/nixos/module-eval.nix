@@ -1,0 +1,245 @@
+# Evaluate modules/claude-chroot.nix with the real module system of nixpkgs'
+# lib, without the rest of nixpkgs: the NixOS options the module sets are
+# declared here in their simplest form, and packages are stand-ins.
+#
+#   nix-instantiate --eval --strict --json tests/nixos/module-eval.nix \
+#     --arg nixpkgsLib /path/to/nixpkgs/lib
+#
+# The result summarises what the module produced in a few configurations;
+# it throws when the module or an expectation below is wrong.
+{ nixpkgsLib }:
+let
+  lib = import nixpkgsLib;
+  inherit (lib) types mkOption;
+
+  # A derivation-shaped value: enough for option types and string contexts.
+  fakeDrv =
+    name: extra:
+    {
+      type = "derivation";
+      inherit name;
+      outPath = "/nix/store/00000000000000000000000000000000-${name}";
+      drvPath = "/nix/store/00000000000000000000000000000000-${name}.drv";
+      meta.mainProgram = name;
+    }
+    // extra;
+
+  pkgs = lib.makeExtensible (self: {
+    inherit lib;
+    path = "/nix/store/00000000000000000000000000000000-nixpkgs-source";
+    callPackage = lib.callPackageWith self;
+    formats.json = _: {
+      type = types.attrsOf types.anything;
+    };
+
+    # Builders keep their inputs, so evaluating the result evaluates them.
+    buildEnv = args: fakeDrv args.name { inherit (args) paths pathsToLink; };
+    runCommand =
+      name: env: script:
+      fakeDrv name { inherit env script; };
+    writeShellApplication =
+      args:
+      fakeDrv args.name {
+        inherit (args) text;
+        passthru = args.passthru or { };
+      }
+      // (args.passthru or { });
+    writeShellScript = name: text: fakeDrv name { inherit text; };
+
+    claude-chroot-activate = fakeDrv "claude-chroot-activate" { };
+    claude-code = fakeDrv "claude-code" { meta.mainProgram = "claude"; };
+    bashInteractive = fakeDrv "bash-interactive" { meta.mainProgram = "bash"; };
+    nftables = fakeDrv "nftables" { meta.mainProgram = "nft"; };
+    passt = fakeDrv "passt" { meta.mainProgram = "passt"; };
+    nodejs = fakeDrv "nodejs" { meta.mainProgram = "node"; };
+    coreutils = fakeDrv "coreutils" { };
+    findutils = fakeDrv "findutils" { };
+    gnugrep = fakeDrv "gnugrep" { };
+    gnused = fakeDrv "gnused" { };
+    gawk = fakeDrv "gawk" { };
+    less = fakeDrv "less" { };
+    git = fakeDrv "git" { };
+    ripgrep = fakeDrv "ripgrep" { };
+    nix = fakeDrv "nix" { };
+    jq = fakeDrv "jq" { };
+    cacert = fakeDrv "cacert" { };
+  });
+
+  # The NixOS options the module sets, declared as loosely as they can be
+  # while still checking the shape of what it writes.
+  nixosStubs = {
+    options = {
+      assertions = mkOption {
+        type = types.listOf (
+          types.submodule {
+            options.assertion = mkOption { type = types.bool; };
+            options.message = mkOption { type = types.str; };
+          }
+        );
+        default = [ ];
+      };
+      environment.systemPackages = mkOption {
+        type = types.listOf types.package;
+        default = [ ];
+      };
+      environment.etc = mkOption {
+        type = types.attrsOf (
+          types.submodule {
+            options.source = mkOption { type = types.str; };
+          }
+        );
+        default = { };
+      };
+      systemd.tmpfiles.rules = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+      };
+      systemd.services = mkOption {
+        type = types.attrsOf (types.attrsOf types.anything);
+        default = { };
+      };
+      systemd.timers = mkOption {
+        type = types.attrsOf (types.attrsOf types.anything);
+        default = { };
+      };
+      security.sudo.extraRules = mkOption {
+        type = types.listOf (types.attrsOf types.anything);
+        default = [ ];
+      };
+      security.sudo.extraConfig = mkOption {
+        type = types.lines;
+        default = "";
+      };
+      boot.kernel.sysctl = mkOption {
+        type = types.attrsOf types.anything;
+        default = { };
+      };
+      users.groups = mkOption {
+        type = types.attrsOf (types.attrsOf types.anything);
+        default = { };
+      };
+    };
+  };
+
+  evaluate =
+    settings:
+    (lib.evalModules {
+      modules = [
+        nixosStubs
+        ../../modules/claude-chroot.nix
+        { _module.args.pkgs = pkgs; }
+        settings
+      ];
+    }).config;
+
+  failedAssertions = config: map (a: a.message) (lib.filter (a: !a.assertion) config.assertions);
+
+  summary =
+    config:
+    let
+      command = lib.head config.environment.systemPackages;
+      skeleton = command.skeleton;
+    in
+    {
+      failedAssertions = failedAssertions config;
+      activateJson = config.environment.etc."claude-chroot/activate.json".source;
+      activate = builtins.fromJSON skeleton.env.activateJson;
+      skeletonFiles = lib.attrNames (builtins.fromJSON skeleton.env.filesJson);
+      path = command.tools.paths;
+      inherit (config.security.sudo) extraRules extraConfig;
+      inherit (config.boot.kernel) sysctl;
+      inherit (config.systemd) tmpfiles timers;
+      syncIpsService = config.systemd.services.claude-chroot-sync-ips.serviceConfig or null;
+    };
+
+  expect = what: ok: value: if ok then value else throw "module-eval: expected ${what}";
+
+  defaultConfig = evaluate { programs.claude-chroot.enable = true; };
+
+  fullConfig = evaluate {
+    users.groups.claude-chroot = { };
+    programs.claude-chroot = {
+      enable = true;
+      agentPackage = pkgs.claude-code;
+      extraPackages = [ pkgs.nodejs ];
+      allowedDomains = [
+        "api.anthropic.com"
+        "registry.npmjs.org"
+      ];
+      allowedPorts = [
+        443
+        80
+      ];
+      nameservers = [ "192.0.2.53" ];
+      managedSettings.permissions.deny = [ "WebFetch" ];
+      stateDir = "/var/lib/claude-chroot";
+      user = {
+        name = "agent";
+        uid = 1000;
+        gid = 100;
+      };
+      protectedPaths = [
+        ".git/hooks"
+        ".envrc"
+      ];
+      quarantine = true;
+      syncIps = {
+        enable = true;
+        interval = "hourly";
+        apply = true;
+      };
+      allowedGroup = "claude-chroot";
+      hardenTerminal = true;
+      logBlocked = true;
+    };
+  };
+
+  impossibleConfig = evaluate {
+    programs.claude-chroot = {
+      enable = true;
+      allowedDomains = [ ];
+      user.uid = 0;
+      syncIps.apply = true;
+      allowedGroup = "nobody-defined-this";
+    };
+  };
+
+  disabledConfig = evaluate { };
+
+  default = summary defaultConfig;
+  full = summary fullConfig;
+in
+{
+  default =
+    expect "no failed assertion by default" (default.failedAssertions == [ ])
+      (
+        expect "the TIOCSTI sysctl by default" (default.sysctl."dev.tty.legacy_tiocsti" == 0)
+          (
+            expect "no sudo rule without allowedGroup" (default.extraRules == [ ]) (
+              expect "the default deny list" (
+                lib.elem "etc/claude-code/managed-settings.json" default.skeletonFiles
+              ) default
+            )
+          )
+      );
+
+  full = expect "no failed assertion with every option set" (full.failedAssertions == [ ]) (
+    expect "sync-ips --yes when apply is set" (lib.hasSuffix "sync-ips --yes" full.syncIpsService.ExecStart)
+      (
+        expect "the configured domains in activate.json" (
+          full.activate.network.domains == [
+            "api.anthropic.com"
+            "registry.npmjs.org"
+          ]
+        ) full
+      )
+  );
+
+  impossible =
+    let
+      messages = failedAssertions impossibleConfig;
+    in
+    expect "four failed assertions for the impossible configuration" (lib.length messages == 4) messages;
+
+  disabled = expect "nothing when disabled" (disabledConfig.environment.systemPackages == [ ]) "nothing set";
+}
