@@ -6,8 +6,21 @@
 
 pub mod allowlist;
 pub mod config;
+pub mod enter;
 pub mod firewall;
+pub mod home;
+pub mod identity;
+pub mod immutable;
+pub mod mounts;
+pub mod netif;
 pub mod network;
 pub mod pasta;
+pub mod privileges;
+pub mod sandbox;
+pub mod seccomp;
+pub mod session;
+pub mod settings;
 pub mod special;
 pub mod sync_ips;
+pub mod terminal;
+pub mod workspace;

@@ -1,1 +1,126 @@
-fn main() {}
+//! `claude-chroot-activate`: the run-time half of claude-chroot (see `--help`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use claude_chroot::config::{Config, DEFAULT_CONFIG_PATH, NetworkMode};
+use claude_chroot::enter::{EnterArgs, enter};
+use claude_chroot::{identity, session};
+
+/// Exit status for a failure of the sandbox itself (as opposed to the command's own).
+const SANDBOX_FAILURE: u8 = 125;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "claude-chroot-activate",
+    version,
+    about = "Run an AI coding agent in a sandbox that sees one project and an allowlisted network",
+    long_about = None
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct ConfigArg {
+    /// The activation config written by the Nix half.
+    #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start a sandboxed session on WORKSPACE (a login shell, or COMMAND).
+    Enter {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Loopback only: no connection leaves the sandbox.
+        #[arg(long, conflicts_with = "full_network")]
+        no_network: bool,
+        /// Unfiltered network, for debugging only.
+        #[arg(long)]
+        full_network: bool,
+        /// Print details and phase timings.
+        #[arg(short, long)]
+        verbose: bool,
+        /// The project directory, mounted read-write at /workspace.
+        workspace: PathBuf,
+        /// Command to run instead of a login shell (after `--`).
+        #[arg(last = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
+    /// Resolve the allowlisted domains, vet the addresses and update the allowlist.
+    SyncIps {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Accept the changes without asking.
+        #[arg(long, conflicts_with = "check")]
+        yes: bool,
+        /// Only report drift: exit 1 if the allowlist would change, 0 otherwise.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Remove what dead sessions left behind (immutable flags, state, locks).
+    Cleanup {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Remove the whole state directory (homes, logs and allowlist too).
+        #[arg(long)]
+        purge: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("claude-chroot: error: {e:#}");
+            ExitCode::from(SANDBOX_FAILURE)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Enter {
+            config,
+            no_network,
+            full_network,
+            verbose,
+            workspace,
+            command,
+        } => {
+            let network = match (no_network, full_network) {
+                (true, _) => Some(NetworkMode::None),
+                (_, true) => Some(NetworkMode::Full),
+                _ => None,
+            };
+            let status = enter(&EnterArgs {
+                config: config.config,
+                network,
+                verbose,
+                workspace,
+                command,
+            })?;
+            Ok(ExitCode::from(status.clamp(0, 255) as u8))
+        }
+        Command::SyncIps { config, yes, check } => {
+            identity::require_root()?;
+            let config = Config::load(&config.config)?;
+            let _ = (config, yes, check);
+            anyhow::bail!("sync-ips is not available yet")
+        }
+        Command::Cleanup { config, purge } => {
+            identity::require_root()?;
+            let config = Config::load(&config.config)?;
+            for line in session::cleanup(&config.state_dir, purge)? {
+                eprintln!("claude-chroot: {line}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

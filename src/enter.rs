@@ -1,0 +1,274 @@
+//! `enter`: one sandboxed session, from argument checks to teardown.
+
+use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+
+use crate::config::{Config, NetworkMode};
+use crate::identity::{self, Identity};
+use crate::mounts::{self, SessionMounts};
+use crate::sandbox::{Launch, Running};
+use crate::session::{self, Session};
+use crate::workspace::Workspace;
+use crate::{home, settings, terminal};
+
+/// What the command line asks of `enter`.
+#[derive(Debug, Clone)]
+pub struct EnterArgs {
+    pub config: PathBuf,
+    pub network: Option<NetworkMode>,
+    pub verbose: bool,
+    pub workspace: PathBuf,
+    pub command: Vec<String>,
+}
+
+/// Phase timings, printed with `-v`.
+struct Timings {
+    start: Instant,
+    last: Instant,
+    phases: Vec<(&'static str, f64)>,
+}
+
+impl Timings {
+    fn new() -> Timings {
+        let now = Instant::now();
+        Timings {
+            start: now,
+            last: now,
+            phases: Vec::new(),
+        }
+    }
+    fn mark(&mut self, phase: &'static str) {
+        let now = Instant::now();
+        self.phases
+            .push((phase, (now - self.last).as_secs_f64() * 1000.0));
+        self.last = now;
+    }
+    fn line(&self) -> String {
+        let parts: Vec<String> = self
+            .phases
+            .iter()
+            .map(|(p, ms)| format!("{p} {ms:.1}ms"))
+            .collect();
+        format!(
+            "timing: {} (total {:.1}ms)",
+            parts.join(", "),
+            (self.last - self.start).as_secs_f64() * 1000.0
+        )
+    }
+}
+
+/// Everything checked before the first side effect.
+struct Checked {
+    config: Config,
+    mode: NetworkMode,
+    identity: Identity,
+    workspace: Workspace,
+    hosts: String,
+    settings: settings::Chosen,
+    argv: Vec<CString>,
+    env: Vec<CString>,
+    path: String,
+}
+
+/// Run a session; the command's exit status.
+pub fn enter(args: &EnterArgs) -> Result<i32> {
+    let mut timings = Timings::new();
+    let checked = check(args)?;
+    timings.mark("checks");
+    let mut session = create_session(&checked)?;
+    let result = run(args, &checked, &mut session, &mut timings);
+    let removed = session.remove();
+    timings.mark("teardown");
+    if args.verbose {
+        eprintln!("claude-chroot: {}", timings.line());
+    }
+    let status = result?;
+    removed.context("remove the session state")?;
+    Ok(status)
+}
+
+fn check(args: &EnterArgs) -> Result<Checked> {
+    identity::require_root()?;
+    let config = Config::load(&args.config)?;
+    let mode = args.network.unwrap_or(config.network.mode);
+    let identity = Identity::resolve(&config.user)?;
+    // Compare the workspace against the state directory as the kernel resolves it.
+    let state_dir = std::fs::canonicalize(&config.state_dir).unwrap_or(config.state_dir.clone());
+    let workspace = Workspace::open(&args.workspace, &identity, &state_dir)?;
+    let hosts = match mode {
+        NetworkMode::Allowlist => {
+            anyhow::bail!(
+                "network mode allowlist is not available yet: use --no-network"
+            )
+        }
+        NetworkMode::None | NetworkMode::Full => localhost_hosts(),
+    };
+    let settings = settings::choose(&config.managed_settings, &identity)?;
+    let (argv, env, path) = command_and_env(&config, &identity, &args.command)?;
+    Ok(Checked {
+        config,
+        mode,
+        identity,
+        workspace,
+        hosts,
+        settings,
+        argv,
+        env,
+        path,
+    })
+}
+
+fn localhost_hosts() -> String {
+    "127.0.0.1 localhost\n::1 localhost\n".to_string()
+}
+
+fn command_and_env(
+    config: &Config,
+    identity: &Identity,
+    command: &[String],
+) -> Result<(Vec<CString>, Vec<CString>, String)> {
+    let cstring = |s: &str| CString::new(s).with_context(|| format!("{s:?} contains a NUL byte"));
+    let argv = if command.is_empty() {
+        vec![
+            cstring(&config.tools.shell.to_string_lossy())?,
+            cstring("-l")?,
+        ]
+    } else {
+        command.iter().map(|a| cstring(a)).collect::<Result<_>>()?
+    };
+    let mut vars: std::collections::BTreeMap<String, String> = Default::default();
+    for name in &config.environment.pass {
+        if let Ok(v) = std::env::var(name) {
+            vars.insert(name.clone(), v);
+        }
+    }
+    for (k, v) in &config.environment.set {
+        vars.insert(k.clone(), v.clone());
+    }
+    let home = config.user.home.to_string_lossy().into_owned();
+    vars.insert("HOME".into(), home);
+    vars.insert("USER".into(), config.user.name.clone());
+    vars.insert("LOGNAME".into(), config.user.name.clone());
+    vars.insert(
+        "SHELL".into(),
+        config.tools.shell.to_string_lossy().into_owned(),
+    );
+    vars.entry("PATH".into())
+        .or_insert_with(|| "/usr/bin:/bin".into());
+    let path = vars["PATH"].clone();
+    let _ = identity;
+    let env = vars
+        .iter()
+        .map(|(k, v)| cstring(&format!("{k}={v}")))
+        .collect::<Result<_>>()?;
+    Ok((argv, env, path))
+}
+
+fn render_passwd(config: &Config, identity: &Identity) -> (String, String) {
+    let (uid, gid) = (identity.uid, identity.gid);
+    let name = &config.user.name;
+    let home = config.user.home.display();
+    let shell = config.tools.shell.display();
+    let passwd = format!(
+        "root:x:0:0:root:/root:/run/current-system/sw/bin/nologin\n\
+         {name}:x:{uid}:{gid}:{name}:{home}:{shell}\n\
+         nobody:x:65534:65534:nobody:/var/empty:/run/current-system/sw/bin/nologin\n"
+    );
+    let group = format!("root:x:0:\n{name}:x:{gid}:\nnogroup:x:65534:\n");
+    (passwd, group)
+}
+
+fn create_session(c: &Checked) -> Result<Session> {
+    session::prepare_state_dir(&c.config.state_dir)?;
+    Session::create(
+        &c.config.state_dir,
+        &c.workspace.path,
+        c.identity.uid.as_raw(),
+    )
+}
+
+fn run(
+    args: &EnterArgs,
+    c: &Checked,
+    session: &mut Session,
+    timings: &mut Timings,
+) -> Result<i32> {
+    // Prepare the sandbox home as the user: skeleton files, then ~/.claude.
+    let (_, home_fd) = home::open_sandbox_home(&c.config.state_dir, &c.identity)?;
+    home::install_skeleton_files(&c.identity, &c.config.skeleton.join("home"), home_fd.as_fd())?;
+    let refreshed = home::refresh(&c.identity, home_fd.as_fd())?;
+    if args.verbose {
+        eprintln!(
+            "claude-chroot: refreshed ~/.claude: {} copied, {} skipped",
+            refreshed.copied.len(),
+            refreshed.skipped.len()
+        );
+        for (p, why) in &refreshed.skipped {
+            eprintln!("claude-chroot:   skipped {} ({why})", p.display());
+        }
+    }
+
+    // Write the session's identity and name files, and the immutable managed settings.
+    let (passwd, group) = render_passwd(&c.config, &c.identity);
+    let passwd = session.write_file("passwd", passwd.as_bytes())?;
+    let group = session.write_file("group", group.as_bytes())?;
+    let hosts = session.write_file("hosts", c.hosts.as_bytes())?;
+    let managed = settings::install(session, &c.settings)?;
+    let new_root = session.dir.join("root");
+    std::fs::create_dir(&new_root)
+        .with_context(|| format!("cannot create {}", new_root.display()))?;
+    timings.mark("state");
+
+    let workspace_tree = mounts::detached_tree(c.workspace.fd.as_fd(), "workspace")?;
+    let home_tree = mounts::detached_tree(home_fd.as_fd(), "sandbox home")?;
+    let steps = mounts::plan(
+        &c.config,
+        &SessionMounts {
+            workspace_fd: workspace_tree.as_raw_fd(),
+            home_fd: home_tree.as_raw_fd(),
+            passwd,
+            group,
+            hosts,
+            managed_settings: managed,
+            protected: Vec::new(),
+        },
+    );
+    let launch = Launch {
+        new_root,
+        steps,
+        uid: c.identity.uid,
+        gid: c.identity.gid,
+        hostname: "claude-chroot".into(),
+        argv: c.argv.clone(),
+        env: c.env.clone(),
+        path: c.path.clone(),
+        cwd: Path::new(mounts::WORKSPACE).to_path_buf(),
+        terminal: terminal::wanted(),
+        seccomp: crate::seccomp::compile()?,
+    };
+    eprintln!(
+        "claude-chroot: {} as uid {} (network: {})",
+        c.workspace.path.display(),
+        c.identity.uid,
+        mode_name(c.mode)
+    );
+    let mut running = Running::spawn(launch)?;
+    timings.mark("namespaces+mounts");
+    running.go()?;
+    timings.mark("exec");
+    let status = running.wait()?;
+    timings.mark("session");
+    Ok(status)
+}
+
+fn mode_name(mode: NetworkMode) -> &'static str {
+    match mode {
+        NetworkMode::None => "none",
+        NetworkMode::Allowlist => "allowlist",
+        NetworkMode::Full => "full",
+    }
+}

@@ -1,0 +1,483 @@
+//! The sandbox's file system: a plan built from the configuration, and its execution in
+//! the child's fresh mount namespace.
+//!
+//! The plan is plain data so that it can be reviewed and snapshotted. Execution follows
+//! bubblewrap's order: a tmpfs becomes the new root first (`pivot_root`, old root kept at
+//! `/oldroot`), so every target is created and resolved inside the new root and sources
+//! are reached through `/oldroot`; then the old root is detached and `/` made read-only.
+
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Component, Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sys::stat::{SFlag, lstat};
+use serde::Serialize;
+
+use crate::config::Config;
+
+/// Where the old root stays reachable until it is detached.
+const OLD_ROOT: &str = "/oldroot";
+
+/// Where a bind mount comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Source {
+    /// A host path, resolved by root: only for root-controlled paths (store, skeleton,
+    /// session files, the configured mounts).
+    Host(PathBuf),
+    /// A detached mount tree the parent cloned from a directory or file it opened as
+    /// the invoking user (workspace, sandbox home, protected workspace paths).
+    Fd {
+        name: String,
+        fd: RawFd,
+        is_dir: bool,
+    },
+}
+
+/// One step of building the sandbox root, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase", tag = "step")]
+pub enum Step {
+    Tmpfs {
+        target: PathBuf,
+        mode: u32,
+    },
+    Bind {
+        source: Source,
+        target: PathBuf,
+        writable: bool,
+        /// Missing sources are skipped instead of failing.
+        optional: bool,
+    },
+    Proc {
+        target: PathBuf,
+    },
+    Devpts {
+        target: PathBuf,
+    },
+    Symlink {
+        target: PathBuf,
+        points_to: PathBuf,
+    },
+    Dir {
+        target: PathBuf,
+        mode: u32,
+    },
+}
+
+/// Host paths and descriptors a session contributes to the plan.
+#[derive(Debug, Clone)]
+pub struct SessionMounts {
+    pub workspace_fd: RawFd,
+    pub home_fd: RawFd,
+    pub passwd: PathBuf,
+    pub group: PathBuf,
+    pub hosts: PathBuf,
+    pub managed_settings: PathBuf,
+    /// Workspace-relative paths to make read-only: detached trees and whether each is
+    /// a directory.
+    pub protected: Vec<(PathBuf, RawFd, bool)>,
+}
+
+/// Device nodes bound from the host, as bubblewrap's `--dev` does.
+const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
+/// The inside path of the workspace.
+pub const WORKSPACE: &str = "/workspace";
+
+/// Build the ordered mount plan for a session.
+pub fn plan(config: &Config, s: &SessionMounts) -> Vec<Step> {
+    let mut steps = vec![
+        // A fresh proc first, so that /proc/self/fd/N names the parent's descriptors.
+        Step::Proc {
+            target: "/proc".into(),
+        },
+        Step::Bind {
+            source: Source::Host(config.skeleton.join("etc")),
+            target: "/etc".into(),
+            writable: false,
+            optional: false,
+        },
+    ];
+    for (file, target) in [
+        (&s.passwd, "/etc/passwd"),
+        (&s.group, "/etc/group"),
+        (&s.hosts, "/etc/hosts"),
+        (&s.managed_settings, crate::settings::INSIDE_PATH),
+    ] {
+        steps.push(Step::Bind {
+            source: Source::Host(file.clone()),
+            target: target.into(),
+            writable: false,
+            optional: false,
+        });
+    }
+    for m in &config.mounts {
+        steps.push(Step::Bind {
+            source: Source::Host(m.source.clone()),
+            target: m.target.clone(),
+            writable: m.writable,
+            optional: m.optional,
+        });
+    }
+    steps.push(Step::Tmpfs {
+        target: "/dev".into(),
+        mode: 0o755,
+    });
+    for dev in DEVICES {
+        steps.push(Step::Bind {
+            source: Source::Host(Path::new("/dev").join(dev)),
+            target: Path::new("/dev").join(dev),
+            writable: true,
+            optional: false,
+        });
+    }
+    steps.push(Step::Devpts {
+        target: "/dev/pts".into(),
+    });
+    steps.push(Step::Symlink {
+        target: "/dev/ptmx".into(),
+        points_to: "pts/ptmx".into(),
+    });
+    for (name, to) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        steps.push(Step::Symlink {
+            target: Path::new("/dev").join(name),
+            points_to: to.into(),
+        });
+    }
+    for (target, mode) in [("/dev/shm", 0o1777), ("/tmp", 0o1777), ("/run", 0o755)] {
+        steps.push(Step::Tmpfs {
+            target: target.into(),
+            mode,
+        });
+    }
+    steps.push(Step::Dir {
+        target: "/var/tmp".into(),
+        mode: 0o1777,
+    });
+    steps.push(Step::Bind {
+        source: Source::Fd {
+            name: "sandbox home".into(),
+            fd: s.home_fd,
+            is_dir: true,
+        },
+        target: config.user.home.clone(),
+        writable: true,
+        optional: false,
+    });
+    steps.push(Step::Bind {
+        source: Source::Fd {
+            name: "workspace".into(),
+            fd: s.workspace_fd,
+            is_dir: true,
+        },
+        target: WORKSPACE.into(),
+        writable: true,
+        optional: false,
+    });
+    for (rel, fd, is_dir) in &s.protected {
+        steps.push(Step::Bind {
+            source: Source::Fd {
+                name: format!("workspace/{}", rel.display()),
+                fd: *fd,
+                is_dir: *is_dir,
+            },
+            target: Path::new(WORKSPACE).join(rel),
+            writable: false,
+            optional: false,
+        });
+    }
+    steps
+}
+
+// mount_setattr(2) is not wrapped by nix or libc yet.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+
+/// Set attributes on a mount and every mount below it.
+fn set_recursive(target: &Path, attrs: u64) -> Result<()> {
+    let path = std::ffi::CString::new(target.as_os_str().as_encoded_bytes())?;
+    let attr = MountAttr {
+        attr_set: attrs,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: path is a valid C string and attr a correctly sized mount_attr for the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::AT_RECURSIVE as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("mount_setattr {} (recursive)", target.display()));
+    }
+    Ok(())
+}
+
+/// Clone the directory behind `fd` (opened as the user) into a detached mount tree.
+///
+/// The clone is made in the activator's mount namespace and attached in the sandbox's
+/// with `move_mount`: a plain bind through `/proc/self/fd/N` would be refused there
+/// (the source mount belongs to another namespace), and re-resolving the path in the
+/// child would reopen the window for a swapped symlink that opening once closed.
+pub fn detached_tree(fd: BorrowedFd<'_>, what: &str) -> Result<OwnedFd> {
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    let empty = c"";
+    // SAFETY: fd is open, the path is an empty C string used with AT_EMPTY_PATH.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            fd.as_raw_fd(),
+            empty.as_ptr(),
+            OPEN_TREE_CLONE
+                | libc::O_CLOEXEC as libc::c_uint
+                | libc::AT_EMPTY_PATH as libc::c_uint
+                | libc::AT_RECURSIVE as libc::c_uint,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("open_tree(OPEN_TREE_CLONE) of the {what}"));
+    }
+    // SAFETY: open_tree returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(rc as RawFd) })
+}
+
+/// Attach a detached mount tree at `target`.
+fn attach_tree(tree: RawFd, target: &Path) -> Result<()> {
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+    let empty = c"";
+    let to = std::ffi::CString::new(target.as_os_str().as_encoded_bytes())?;
+    // SAFETY: tree is an open detached mount, both paths are valid C strings.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree,
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("move_mount onto {}", target.display()));
+    }
+    Ok(())
+}
+
+/// Refuse targets with `..` or symlinks on the way: nothing may redirect a mount.
+fn check_target(target: &Path) -> Result<()> {
+    if !target.is_absolute() || target.components().any(|c| c == Component::ParentDir) {
+        bail!("mount target {} must be absolute without ..", target.display());
+    }
+    let mut p = PathBuf::from("/");
+    for c in target.components().skip(1) {
+        p.push(c);
+        match lstat(&p) {
+            Ok(st) if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFLNK => {
+                bail!("mount target {} goes through symlink {}", target.display(), p.display())
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Create `target` (and its parents) as a directory or an empty file, like `mkdir -p`.
+fn create_mount_point(target: &Path, is_dir: bool) -> Result<()> {
+    check_target(target)?;
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let existing = lstat(target);
+    if existing.is_ok() {
+        return Ok(());
+    }
+    if is_dir {
+        std::fs::create_dir(target).with_context(|| format!("cannot create {}", target.display()))
+    } else {
+        std::fs::File::create(target)
+            .map(drop)
+            .with_context(|| format!("cannot create {}", target.display()))
+    }
+}
+
+fn is_dir(path: &Path) -> Result<Option<bool>> {
+    match nix::sys::stat::stat(path) {
+        Ok(st) => Ok(Some(
+            SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR,
+        )),
+        Err(nix::Error::ENOENT) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("stat {}", path.display())),
+    }
+}
+
+/// Build the sandbox root at `new_root` and switch to it. Runs in the child, as root, in
+/// its own mount namespace.
+pub fn build_root(new_root: &Path, steps: &[Step]) -> Result<()> {
+    // Keep mount events from leaking back to the host (mount_namespaces(7)); slave rather
+    // than private so that an unmount on the host still reaches the sandbox.
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+    .context("make / a recursive slave mount")?;
+
+    // Mount the tmpfs that becomes the new root and switch to it, keeping the old root at
+    // /oldroot so sources are reachable while every target resolves inside the new root.
+    mount(
+        Some("tmpfs"),
+        new_root,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755"),
+    )
+    .with_context(|| format!("mount tmpfs on {}", new_root.display()))?;
+    std::env::set_current_dir(new_root)
+        .with_context(|| format!("chdir {}", new_root.display()))?;
+    std::fs::create_dir("oldroot").context("mkdir oldroot in the new root")?;
+    nix::unistd::pivot_root(".", "oldroot").context("pivot_root into the new root")?;
+    std::env::set_current_dir("/").context("chdir /")?;
+
+    for step in steps {
+        run_step(step).with_context(|| format!("sandbox mount step {step:?}"))?;
+    }
+
+    // Detach the old root: after this no host path outside the binds is reachable.
+    umount2(OLD_ROOT, MntFlags::MNT_DETACH).context("detach the old root")?;
+    std::fs::remove_dir(OLD_ROOT).context("remove /oldroot")?;
+    // Make the root tmpfs itself read-only; the mounts on it keep their own flags.
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        None::<&str>,
+    )
+    .context("remount / read-only")?;
+    Ok(())
+}
+
+fn old(path: &Path) -> PathBuf {
+    Path::new(OLD_ROOT).join(path.strip_prefix("/").unwrap_or(path))
+}
+
+fn run_step(step: &Step) -> Result<()> {
+    match step {
+        Step::Tmpfs { target, mode } => {
+            create_mount_point(target, true)?;
+            mount(
+                Some("tmpfs"),
+                target,
+                Some("tmpfs"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                Some(format!("mode={mode:o}").as_str()),
+            )
+            .with_context(|| format!("mount tmpfs on {}", target.display()))?;
+        }
+        Step::Proc { target } => {
+            create_mount_point(target, true)?;
+            mount(
+                Some("proc"),
+                target,
+                Some("proc"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                None::<&str>,
+            )
+            .with_context(|| format!("mount proc on {}", target.display()))?;
+        }
+        Step::Devpts { target } => {
+            create_mount_point(target, true)?;
+            // A private devpts instance: the sandbox's terminals are not the host's.
+            mount(
+                Some("devpts"),
+                target,
+                Some("devpts"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+                Some("newinstance,ptmxmode=0666,mode=0620"),
+            )
+            .with_context(|| format!("mount devpts on {}", target.display()))?;
+        }
+        Step::Symlink { target, points_to } => {
+            check_target(target)?;
+            std::os::unix::fs::symlink(points_to, target)
+                .with_context(|| format!("symlink {}", target.display()))?;
+        }
+        Step::Dir { target, mode } => {
+            create_mount_point(target, true)?;
+            std::fs::set_permissions(
+                target,
+                std::os::unix::fs::PermissionsExt::from_mode(*mode),
+            )
+            .with_context(|| format!("chmod {}", target.display()))?;
+        }
+        Step::Bind {
+            source,
+            target,
+            writable,
+            optional,
+        } => {
+            match source {
+                Source::Host(p) => {
+                    let src = old(p);
+                    let Some(dir) = is_dir(&src)? else {
+                        if *optional {
+                            return Ok(());
+                        }
+                        bail!("mount source {} does not exist", p.display());
+                    };
+                    create_mount_point(target, dir)?;
+                    mount(
+                        Some(&src),
+                        target,
+                        None::<&str>,
+                        MsFlags::MS_BIND | MsFlags::MS_REC,
+                        None::<&str>,
+                    )
+                    .with_context(|| format!("bind {} on {}", p.display(), target.display()))?;
+                }
+                Source::Fd { fd, is_dir, .. } => {
+                    create_mount_point(target, *is_dir)?;
+                    attach_tree(*fd, target)?;
+                }
+            }
+            // No setuid or device file gains anything inside, wherever it comes from.
+            let mut attrs = MOUNT_ATTR_NOSUID;
+            if !target.starts_with("/dev") {
+                attrs |= MOUNT_ATTR_NODEV;
+            }
+            if !writable {
+                attrs |= MOUNT_ATTR_RDONLY;
+            }
+            set_recursive(target, attrs)?;
+        }
+    }
+    Ok(())
+}
+

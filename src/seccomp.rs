@@ -1,0 +1,187 @@
+//! The seccomp filter installed last before the agent's command is executed.
+//!
+//! A deny list in the spirit of Docker's default profile, aimed at what an unprivileged
+//! process could still use against the sandbox: creating a user namespace (in which it
+//! would be root and could mount over the managed settings), the kernel keyring it may
+//! share with the invoking user, terminal injection, and the usual kernel attack surface.
+//! The architecture check kills any other ABI (i386 `int 0x80`), and on x86_64 the x32
+//! system call range is refused as a whole, so no alias escapes the list.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+/// Refused outright with EPERM.
+const DENIED: &[(&str, libc::c_long)] = &[
+    ("add_key", libc::SYS_add_key),
+    ("request_key", libc::SYS_request_key),
+    ("keyctl", libc::SYS_keyctl),
+    ("bpf", libc::SYS_bpf),
+    ("perf_event_open", libc::SYS_perf_event_open),
+    ("userfaultfd", libc::SYS_userfaultfd),
+    ("kexec_load", libc::SYS_kexec_load),
+    ("kexec_file_load", libc::SYS_kexec_file_load),
+    ("init_module", libc::SYS_init_module),
+    ("finit_module", libc::SYS_finit_module),
+    ("delete_module", libc::SYS_delete_module),
+    ("mount", libc::SYS_mount),
+    ("umount2", libc::SYS_umount2),
+    ("pivot_root", libc::SYS_pivot_root),
+    ("chroot", libc::SYS_chroot),
+    ("open_tree", libc::SYS_open_tree),
+    ("move_mount", libc::SYS_move_mount),
+    ("fsopen", libc::SYS_fsopen),
+    ("fsconfig", libc::SYS_fsconfig),
+    ("fsmount", libc::SYS_fsmount),
+    ("fspick", libc::SYS_fspick),
+    ("mount_setattr", libc::SYS_mount_setattr),
+    ("setns", libc::SYS_setns),
+    ("syslog", libc::SYS_syslog),
+    ("acct", libc::SYS_acct),
+    ("swapon", libc::SYS_swapon),
+    ("swapoff", libc::SYS_swapoff),
+    ("reboot", libc::SYS_reboot),
+    ("quotactl", libc::SYS_quotactl),
+    ("open_by_handle_at", libc::SYS_open_by_handle_at),
+    ("name_to_handle_at", libc::SYS_name_to_handle_at),
+    #[cfg(target_arch = "x86_64")]
+    ("iopl", libc::SYS_iopl),
+    #[cfg(target_arch = "x86_64")]
+    ("ioperm", libc::SYS_ioperm),
+];
+
+/// Refused with ENOSYS, so that libraries fall back to an older call we can inspect.
+const UNAVAILABLE: &[(&str, libc::c_long)] = &[
+    // clone3 passes its flags in memory, out of a filter's reach; glibc falls back to
+    // clone, whose flags are checked below.
+    ("clone3", libc::SYS_clone3),
+    ("io_uring_setup", libc::SYS_io_uring_setup),
+    ("io_uring_enter", libc::SYS_io_uring_enter),
+    ("io_uring_register", libc::SYS_io_uring_register),
+];
+
+/// Namespace flags refused in `clone` and `unshare`. Only CLONE_NEWUSER is open to an
+/// unprivileged process; the others need capabilities it does not have, and are refused
+/// too so the rule does not rest on that.
+const NAMESPACE_FLAGS: &[u64] = &[
+    libc::CLONE_NEWUSER as u64,
+    libc::CLONE_NEWNS as u64,
+    libc::CLONE_NEWPID as u64,
+    libc::CLONE_NEWNET as u64,
+    libc::CLONE_NEWIPC as u64,
+    libc::CLONE_NEWUTS as u64,
+    libc::CLONE_NEWCGROUP as u64,
+    0x80, // CLONE_NEWTIME
+];
+
+/// ioctl requests refused: faking terminal input, and the Linux console's own.
+const DENIED_IOCTLS: &[u64] = &[libc::TIOCSTI as u64, libc::TIOCLINUX as u64];
+
+fn arch() -> Result<TargetArch> {
+    std::env::consts::ARCH
+        .try_into()
+        .map_err(|e| anyhow::anyhow!("seccomp: unsupported architecture: {e:?}"))
+}
+
+fn cond(arg: u8, len: SeccompCmpArgLen, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition> {
+    SeccompCondition::new(arg, len, op, value).context("seccomp condition")
+}
+
+fn deny_filter() -> Result<BpfProgram> {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    for (_, nr) in DENIED {
+        rules.insert(*nr, vec![]);
+    }
+    let ns_rules = |arg: u8| -> Result<Vec<SeccompRule>> {
+        NAMESPACE_FLAGS
+            .iter()
+            .map(|&flag| {
+                SeccompRule::new(vec![cond(
+                    arg,
+                    SeccompCmpArgLen::Qword,
+                    SeccompCmpOp::MaskedEq(flag),
+                    flag,
+                )?])
+                .context("seccomp rule")
+            })
+            .collect()
+    };
+    rules.insert(libc::SYS_unshare, ns_rules(0)?);
+    rules.insert(libc::SYS_clone, ns_rules(0)?);
+    let ioctl_rules = DENIED_IOCTLS
+        .iter()
+        .map(|&req| {
+            // The request is an unsigned int: compare the low 32 bits only.
+            SeccompRule::new(vec![cond(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, req)?])
+                .context("seccomp rule")
+        })
+        .collect::<Result<Vec<_>>>()?;
+    rules.insert(libc::SYS_ioctl, ioctl_rules);
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        arch()?,
+    )
+    .context("seccomp deny filter")?;
+    let mut program: BpfProgram = filter.try_into().context("compile seccomp deny filter")?;
+    refuse_x32(&mut program);
+    Ok(program)
+}
+
+fn unavailable_filter() -> Result<BpfProgram> {
+    let rules = UNAVAILABLE.iter().map(|(_, nr)| (*nr, vec![])).collect();
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        arch()?,
+    )
+    .context("seccomp ENOSYS filter")?;
+    filter.try_into().context("compile seccomp ENOSYS filter")
+}
+
+/// On x86_64, refuse every x32 system call (numbers with bit 30 set): x32 shares the
+/// x86_64 audit architecture, so its aliases of the denied calls would pass otherwise.
+#[cfg(target_arch = "x86_64")]
+fn refuse_x32(program: &mut BpfProgram) {
+    use seccompiler::sock_filter;
+    const BPF_LD_W_ABS: u16 = 0x20;
+    const BPF_JGE_K: u16 = 0x05 | 0x30;
+    const BPF_RET_K: u16 = 0x06;
+    const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+    let ins = |code, jt, jf, k| sock_filter { code, jt, jf, k };
+    // The compiled program starts with the three-instruction architecture check.
+    let check = [
+        ins(BPF_LD_W_ABS, 0, 0, 0), // seccomp_data.nr
+        ins(BPF_JGE_K, 0, 1, X32_SYSCALL_BIT),
+        ins(BPF_RET_K, 0, 0, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
+    ];
+    program.splice(3..3, check);
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn refuse_x32(_program: &mut BpfProgram) {}
+
+/// Compile both filters. Done before the fork that runs the agent, so that a failure is
+/// reported while setup errors can still be.
+pub fn compile() -> Result<Vec<BpfProgram>> {
+    Ok(vec![unavailable_filter()?, deny_filter()?])
+}
+
+/// Install the compiled filters on the calling thread. `no_new_privs` must be set.
+pub fn install(programs: &[BpfProgram]) -> Result<()> {
+    for p in programs {
+        seccompiler::apply_filter(p).context("install seccomp filter")?;
+    }
+    Ok(())
+}
+
+/// Names of the calls the filter refuses, for documentation and tests.
+pub fn denied_names() -> Vec<&'static str> {
+    DENIED.iter().chain(UNAVAILABLE).map(|(n, _)| *n).collect()
+}
