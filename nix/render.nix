@@ -308,7 +308,7 @@ let
   # cannot reach; registry.json below pins `nixpkgs` instead.
   + (if nixpkgs == null then "" else "flake-registry =\n");
 
-  registry = toJSON {
+  registry = toPrettyJSON "" {
     version = 2;
     flakes = [
       {
