@@ -184,13 +184,22 @@ let
   # Arguments, checked.
   skeletonDir = checkAbsolute "skeleton" skeleton;
 
-  userArgs = checkKeys "user" [ "name" "uid" "gid" "home" ] user;
+  userArgs = checkKeys "user" [
+    "name"
+    "uid"
+    "gid"
+    "home"
+  ] user;
   userName = checkString "user.name" (userArgs.name or "claude");
   userUid = checkId "user.uid" (userArgs.uid or null);
   userGid = checkId "user.gid" (userArgs.gid or null);
   userHome = checkAbsolute "user.home" (userArgs.home or "/home/claude");
 
-  toolPaths = checkKeys "tools" [ "shell" "nft" "pasta" ] tools;
+  toolPaths = checkKeys "tools" [
+    "shell"
+    "nft"
+    "pasta"
+  ] tools;
   shell = checkAbsolute "tools.shell" (toolPaths.shell or (throw "render.nix: tools.shell is missing"));
   nft = checkAbsolute "tools.nft" (toolPaths.nft or (throw "render.nix: tools.nft is missing"));
   pasta = checkAbsolute "tools.pasta" (toolPaths.pasta or (throw "render.nix: tools.pasta is missing"));
@@ -198,7 +207,12 @@ let
   checkMount =
     what: m:
     let
-      m' = checkKeys what [ "source" "target" "writable" "optional" ] m;
+      m' = checkKeys what [
+        "source"
+        "target"
+        "writable"
+        "optional"
+      ] m;
     in
     {
       source = checkAbsolute "${what}.source" (m'.source or null);
