@@ -3,17 +3,18 @@
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use anyhow::{Context, Result};
 
+use crate::allowlist::Allowlist;
 use crate::config::{Config, NetworkMode};
 use crate::identity::{self, Identity};
 use crate::mounts::{self, SessionMounts};
 use crate::sandbox::{Launch, Running};
 use crate::session::{self, Session};
 use crate::workspace::Workspace;
-use crate::{home, settings, terminal};
+use crate::{home, network, settings, terminal};
 
 /// What the command line asks of `enter`.
 #[derive(Debug, Clone)]
@@ -67,6 +68,7 @@ struct Checked {
     mode: NetworkMode,
     identity: Identity,
     workspace: Workspace,
+    allowlist: Option<Allowlist>,
     hosts: String,
     settings: settings::Chosen,
     argv: Vec<CString>,
@@ -99,13 +101,15 @@ fn check(args: &EnterArgs) -> Result<Checked> {
     // Compare the workspace against the state directory as the kernel resolves it.
     let state_dir = std::fs::canonicalize(&config.state_dir).unwrap_or(config.state_dir.clone());
     let workspace = Workspace::open(&args.workspace, &identity, &state_dir)?;
-    let hosts = match mode {
-        NetworkMode::Allowlist => {
-            anyhow::bail!(
-                "network mode allowlist is not available yet: use --no-network"
-            )
-        }
-        NetworkMode::None | NetworkMode::Full => localhost_hosts(),
+    // Load the vetted allowlist once: the session's /etc/hosts and the firewall are both
+    // built from this value, so resolution and enforcement cannot disagree.
+    let allowlist = match mode {
+        NetworkMode::Allowlist => Some(Allowlist::load(&config.allowlist_file())?),
+        NetworkMode::None | NetworkMode::Full => None,
+    };
+    let hosts = match &allowlist {
+        Some(list) => list.session_hosts(),
+        None => localhost_hosts(),
     };
     let settings = settings::choose(&config.managed_settings, &identity)?;
     let (argv, env, path) = command_and_env(&config, &identity, &args.command)?;
@@ -114,6 +118,7 @@ fn check(args: &EnterArgs) -> Result<Checked> {
         mode,
         identity,
         workspace,
+        allowlist,
         hosts,
         settings,
         argv,
@@ -256,12 +261,41 @@ fn run(
         c.identity.uid,
         mode_name(c.mode)
     );
+    let started = SystemTime::now();
     let mut running = Running::spawn(launch)?;
     timings.mark("namespaces+mounts");
+
+    // Connect and filter the sandbox's network before anything in it runs.
+    let net = network::setup_with_allowlist(
+        &c.config,
+        c.mode,
+        running.pid(),
+        c.allowlist.as_ref(),
+        args.verbose,
+    )?;
+    if let Some(pid) = net.pasta_pid() {
+        session.info.helpers.push(pid as u32);
+        session.save()?;
+    }
+    timings.mark("network");
     running.go()?;
     timings.mark("exec");
-    let status = running.wait()?;
+    let status = running.wait();
     timings.mark("session");
+
+    // Report what the filter blocked, on stderr and in the session log.
+    let blocked = net.finish();
+    let ended = SystemTime::now();
+    let status = status?;
+    let blocked = blocked.context("read the blocked-destination counters")?;
+    eprint!("{}", network::report(&blocked));
+    let log = c
+        .config
+        .state_dir
+        .join("logs")
+        .join(format!("{}.jsonl", session.id));
+    network::write_log(&log, started, ended, &c.workspace.path, c.mode, &blocked)?;
+    timings.mark("report");
     Ok(status)
 }
 

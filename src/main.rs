@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 use claude_chroot::config::{Config, DEFAULT_CONFIG_PATH, NetworkMode};
 use claude_chroot::enter::{EnterArgs, enter};
-use claude_chroot::{identity, session};
+use claude_chroot::{identity, session, sync_ips};
 
 /// Exit status for a failure of the sandbox itself (as opposed to the command's own).
 const SANDBOX_FAILURE: u8 = 125;
@@ -111,8 +111,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::SyncIps { config, yes, check } => {
             identity::require_root()?;
             let config = Config::load(&config.config)?;
-            let _ = (config, yes, check);
-            anyhow::bail!("sync-ips is not available yet")
+            Ok(ExitCode::from(sync_ips::run(&config, yes, check)?))
         }
         Command::Cleanup { config, purge } => {
             identity::require_root()?;

@@ -60,10 +60,6 @@ pub enum Step {
         target: PathBuf,
         points_to: PathBuf,
     },
-    Dir {
-        target: PathBuf,
-        mode: u32,
-    },
 }
 
 /// Host paths and descriptors a session contributes to the plan.
@@ -157,9 +153,9 @@ pub fn plan(config: &Config, s: &SessionMounts) -> Vec<Step> {
             mode,
         });
     }
-    steps.push(Step::Dir {
+    steps.push(Step::Symlink {
         target: "/var/tmp".into(),
-        mode: 0o1777,
+        points_to: "/tmp".into(),
     });
     steps.push(Step::Bind {
         source: Source::Fd {
@@ -426,16 +422,12 @@ fn run_step(step: &Step) -> Result<()> {
         }
         Step::Symlink { target, points_to } => {
             check_target(target)?;
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("cannot create {}", parent.display()))?;
+            }
             std::os::unix::fs::symlink(points_to, target)
                 .with_context(|| format!("symlink {}", target.display()))?;
-        }
-        Step::Dir { target, mode } => {
-            create_mount_point(target, true)?;
-            std::fs::set_permissions(
-                target,
-                std::os::unix::fs::PermissionsExt::from_mode(*mode),
-            )
-            .with_context(|| format!("chmod {}", target.display()))?;
         }
         Step::Bind {
             source,
