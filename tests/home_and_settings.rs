@@ -1,0 +1,231 @@
+//! The persistent sandbox home, its refresh from `~/.claude`, the managed settings, and
+//! the symlink attacks on all three.
+
+mod common;
+
+use std::os::unix::fs::symlink;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+
+/// Remove `~/.claude` and the custom settings of a test user before a test sets them.
+fn reset_home(user: TestUser) {
+    let _ = std::fs::remove_dir_all(user.home().join(".claude"));
+    let _ = std::fs::remove_dir_all(user.home().join(".config/claude-chroot"));
+}
+
+/// The first line of the host's /etc/shadow, which must never show up inside.
+fn shadow_line() -> String {
+    let shadow = std::fs::read_to_string("/etc/shadow").unwrap();
+    shadow.lines().next().unwrap().to_string()
+}
+
+fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let md = std::fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(dir).unwrap().display().to_string();
+            if md.is_dir() {
+                stack.push(p);
+                out.push((rel, vec![]));
+            } else if md.file_type().is_symlink() {
+                out.push((rel, std::fs::read_link(&p).unwrap().into_os_string().into_encoded_bytes()));
+            } else {
+                out.push((rel, std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+// Each test uses its own user: the users' homes on the host are shared state.
+#[test]
+fn claude_dir_is_copied_in_changes_persist_and_the_host_copy_is_untouched() {
+    let u = ALICE.ensure();
+    reset_home(u);
+    let f = Fixture::new();
+    let ws = f.workspace("ws", u);
+    write_as(u, &u.home().join(".claude/settings.json"), "{\"host\": 1}\n");
+    write_as(u, &u.home().join(".claude/projects/p/notes.md"), "notes\n");
+    let before = tree(&u.home().join(".claude"));
+
+    let out = ok(&f.run(
+        u,
+        &ws,
+        "cat ~/.claude/settings.json ~/.claude/projects/p/notes.md; \
+         echo changed > ~/.claude/projects/p/notes.md; echo new > ~/.claude/inside.txt; \
+         rm ~/.claude/settings.json",
+    ));
+    assert_eq!(out, "{\"host\": 1}\nnotes\n");
+    assert_eq!(tree(&u.home().join(".claude")), before, "host ~/.claude changed");
+
+    // The next session sees its own changes; a file deleted inside comes back from the host.
+    let out = ok(&f.run(
+        u,
+        &ws,
+        "cat ~/.claude/projects/p/notes.md ~/.claude/inside.txt ~/.claude/settings.json",
+    ));
+    assert_eq!(out, "changed\nnew\n{\"host\": 1}\n");
+    assert_eq!(tree(&u.home().join(".claude")), before);
+    reset_home(u);
+}
+
+#[test]
+fn symlinks_in_claude_dir_copy_and_reveal_nothing() {
+    let u = BOB.ensure();
+    reset_home(u);
+    let f = Fixture::new();
+    let ws = f.workspace("ws", u);
+    let dir = u.home().join(".claude");
+    std::fs::create_dir_all(&dir).unwrap();
+    chown(&dir, u);
+    symlink("/etc/shadow", dir.join("shadow")).unwrap();
+    // A file the user can read, outside ~/.claude: a symlink must not carry it in either.
+    write_as(u, &u.home().join(".ssh/id_test"), "PRIVATE KEY\n");
+    symlink(u.home().join(".ssh/id_test"), dir.join("key")).unwrap();
+    symlink(u.home().join(".ssh"), dir.join("sshdir")).unwrap();
+    std::os::unix::fs::lchown(dir.join("shadow"), Some(u.uid), Some(u.gid())).unwrap();
+    let out = ok(&f.run(
+        u,
+        &ws,
+        "ls -A ~/.claude; cat ~/.claude/shadow ~/.claude/key ~/.claude/sshdir/id_test 2>&1; true",
+    ));
+    assert!(!out.contains(&shadow_line()), "{out}");
+    assert!(!out.contains("PRIVATE KEY"), "{out}");
+    assert!(!out.lines().any(|l| l == "shadow" || l == "key" || l == "sshdir"), "{out}");
+    let _ = std::fs::remove_dir_all(u.home().join(".ssh"));
+    reset_home(u);
+}
+
+#[test]
+fn symlink_left_in_the_sandbox_home_does_not_redirect_the_next_refresh() {
+    let u = ALICE.ensure();
+    reset_home(u);
+    let f = Fixture::new();
+    let ws = f.workspace("ws", u);
+    write_as(u, &u.home().join(".claude/settings.json"), "{\"v\": 1}\n");
+    // Files the agent would like the next session's refresh (run as the user) to overwrite.
+    let victim = f.dir.path().join("victim");
+    write_as(u, &victim, "original\n");
+    let out = ok(&f.run(
+        u,
+        &ws,
+        &format!(
+            "ln -sf {v} ~/.claude/settings.json && ln -sf {v} ~/.bashrc && \
+             mkdir -p ~/.claude/projects && rmdir ~/.claude/projects && ln -s {d} ~/.claude/projects && echo planted",
+            v = victim.display(),
+            d = f.dir.path().display()
+        ),
+    ));
+    assert_eq!(out, "planted\n");
+    // The host copy is newer now, so the next refresh replaces the agent's symlink.
+    std::thread::sleep(Duration::from_millis(20));
+    write_as(u, &u.home().join(".claude/settings.json"), "{\"v\": 2}\n");
+    write_as(u, &u.home().join(".claude/projects/p.md"), "project\n");
+    let out = ok(&f.run(
+        u,
+        &ws,
+        "cat ~/.claude/settings.json; test -L ~/.bashrc && echo LINK; test -L ~/.claude/projects && echo LINK; cat ~/.claude/projects/p.md",
+    ));
+    assert_eq!(out, "{\"v\": 2}\nproject\n");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "original\n");
+    assert!(!f.dir.path().join("p.md").exists());
+    reset_home(u);
+}
+
+#[test]
+fn custom_managed_settings_win_over_the_default() {
+    let u = BOB.ensure();
+    reset_home(u);
+    let f = Fixture::new();
+    let ws = f.workspace("ws", u);
+    let custom = "{\"permissions\": {\"deny\": [\"Bash(custom:*)\"]}}\n";
+    write_as(u, &u.home().join(".config/claude-chroot/managed-settings.json"), custom);
+    let out = ok(&f.run(u, &ws, "cat /etc/claude-code/managed-settings.json"));
+    assert_eq!(out, custom);
+    reset_home(u);
+}
+
+#[test]
+fn malformed_custom_managed_settings_stop_enter_naming_the_file() {
+    let u = ALICE.ensure();
+    reset_home(u);
+    let f = Fixture::new();
+    let ws = f.workspace("ws", u);
+    let path = u.home().join(".config/claude-chroot/managed-settings.json");
+    for bad in ["{not json", "[\"an array\"]"] {
+        write_as(u, &path, bad);
+        let out = f.run(u, &ws, "echo RAN");
+        assert_eq!(out.status.code(), Some(125));
+        assert!(!stdout(&out).contains("RAN"));
+        let err = stderr(&out);
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+    reset_home(u);
+}
+
+#[test]
+fn custom_settings_symlink_to_shadow_reveals_nothing() {
+    let u = BOB.ensure();
+    reset_home(u);
+    let f = Fixture::new();
+    let ws = f.workspace("ws", u);
+    let dir = u.home().join(".config/claude-chroot");
+    std::fs::create_dir_all(&dir).unwrap();
+    symlink("/etc/shadow", dir.join("managed-settings.json")).unwrap();
+    let out = f.run(u, &ws, "cat /etc/claude-code/managed-settings.json");
+    assert_eq!(out.status.code(), Some(125));
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(!all.contains(&shadow_line()), "{all}");
+    assert!(all.contains("Permission denied"), "{all}");
+    reset_home(u);
+}
+
+#[test]
+fn settings_copy_is_immutable_while_the_session_runs() {
+    let u = ALICE.ensure();
+    let f = Fixture::new();
+    let ws = f.workspace("ws", u);
+    let mut child = f
+        .command(Some(u))
+        .args(["enter", "--config"])
+        .arg(&f.config)
+        .arg("--no-network")
+        .arg(&ws)
+        .args(["--", "/bin/sh", "-c", "touch /workspace/started; sleep 30"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = ws.join("started");
+    for _ in 0..100 {
+        if started.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(started.exists());
+    let sessions = f.sessions();
+    assert_eq!(sessions.len(), 1);
+    let copy = sessions[0].join("managed-settings.json");
+    let immutable = claude_chroot::immutable::is_set(&copy).unwrap();
+    // Even root on the host cannot write it while the flag is set.
+    let write = std::fs::OpenOptions::new().append(true).open(&copy);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    child.wait().unwrap();
+    assert!(immutable);
+    assert!(write.is_err());
+    assert!(f.sessions().is_empty());
+}
