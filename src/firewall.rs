@@ -6,8 +6,9 @@
 //!
 //! Output: loopback and established/related traffic pass; new traffic passes only to the
 //! allowlisted addresses on the allowed ports. Everything else is counted per destination in
-//! dynamic sets (meters), logged with a rate-limited `claude-blocked: ` prefix and rejected with
-//! an administratively-prohibited ICMP error, so clients fail at once instead of timing out.
+//! dynamic sets (meters), logged with a rate-limited `claude-blocked: ` prefix and rejected (TCP
+//! with a reset, everything else with an administratively-prohibited ICMP error), so clients
+//! fail at once instead of timing out.
 //!
 //! Input: only loopback, replies and neighbour discovery. pasta forwards no ports into the
 //! sandbox, so nothing from outside should open a connection; dropping it anyway keeps a
@@ -302,6 +303,17 @@ pub fn ruleset(
                 level: None,
                 flags: None,
             })),
+        ],
+    ));
+    // TCP gets a reset: the kernel rate-limits ICMPv6 errors per peer even when the peer is
+    // this host (net.ipv6.icmp.ratelimit), so an ICMP error alone can leave a TCP client
+    // waiting for its SYN retransmit. Everything else gets administratively-prohibited; the
+    // drop also fails the sending call itself with EPERM.
+    objects.push(rule(
+        "output",
+        vec![
+            eq(meta(MetaKey::L4proto), string("tcp")),
+            Statement::Reject(Some(Reject::new(Some(RejectType::TCPReset), None))),
         ],
     ));
     objects.push(rule(

@@ -1,0 +1,256 @@
+//! The sandbox's firewall and pasta against the real kernel, with real clients and servers in
+//! test network namespaces (root required; nothing of the machine's own network is touched).
+
+mod netlab;
+
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use claude_chroot::allowlist::Allowlist;
+use claude_chroot::config::NetworkMode;
+use claude_chroot::firewall::{self, Blocked};
+use claude_chroot::{network, pasta};
+use netlab::*;
+
+const NFT: &str = "/usr/sbin/nft";
+const PASTA: &str = "/usr/bin/pasta";
+
+fn test_allowlist() -> Allowlist {
+    Allowlist::parse(&format!(
+        "{ALLOWED4} allowed.test\n{ALLOWED6} allowed.test\n"
+    ))
+    .unwrap()
+}
+
+fn load_ruleset(ns: &str) {
+    let file = File::open(ns_path(ns)).unwrap();
+    let ruleset = firewall::ruleset(&test_allowlist(), &[443], &[443]);
+    firewall::apply(Path::new(NFT), file.as_fd(), &ruleset).unwrap();
+}
+
+/// Whether `pid` has exited (gone, or a zombie waiting for init to reap it).
+fn exited(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')),
+    }
+}
+
+fn counted(blocked: &[Blocked], address: &str, protocol: &str, port: Option<u16>) -> bool {
+    blocked
+        .iter()
+        .any(|b| b.address == addr(address) && b.protocol == protocol && b.port == port && b.packets > 0)
+}
+
+#[test]
+fn ruleset_matches_snapshot() {
+    let ruleset = firewall::ruleset(&test_allowlist(), &[443, 80, 443], &[]);
+    insta::assert_json_snapshot!(ruleset);
+}
+
+#[test]
+fn allowed_destinations_connect_and_everything_else_is_rejected_fast_and_counted() {
+    let mut lab = Netlab::new("fw", &[]);
+    let sbx = lab.add_namespace("sbx");
+    lab.wire_to_upstream(&sbx);
+
+    // Without the filter the blocked servers answer: the assertions below can fail.
+    assert_reaches(&sbx, "tcp", BLOCKED4, 443);
+    assert_reaches(&sbx, "tcp", BLOCKED6, 443);
+    assert_reaches(&sbx, "icmp", BLOCKED4, 0);
+
+    load_ruleset(&sbx);
+
+    for a in [ALLOWED4, ALLOWED6] {
+        assert_reaches(&sbx, "tcp", a, 443);
+        assert_reaches(&sbx, "udp", a, 443);
+        // Same address, another port.
+        assert_refused_fast(&sbx, "tcp", a, 8443);
+        assert_refused_fast(&sbx, "udp", a, 5353);
+        // ICMP is not on the allowlist, even to an allowed address.
+        assert_refused_fast(&sbx, "icmp", a, 0);
+    }
+    for a in [BLOCKED4, BLOCKED6] {
+        assert_refused_fast(&sbx, "tcp", a, 443);
+        assert_refused_fast(&sbx, "udp", a, 443);
+        assert_refused_fast(&sbx, "icmp", a, 0);
+    }
+    // DNS to the upstream resolver is blocked like anything else.
+    assert_refused_fast(&sbx, "udp", UPSTREAM4, 53);
+
+    let file = File::open(ns_path(&sbx)).unwrap();
+    let blocked = firewall::blocked(Path::new(NFT), file.as_fd()).unwrap();
+    for (a, proto, port) in [
+        (BLOCKED4, "tcp", Some(443)),
+        (BLOCKED6, "tcp", Some(443)),
+        (BLOCKED4, "udp", Some(443)),
+        (BLOCKED6, "udp", Some(443)),
+        (ALLOWED4, "tcp", Some(8443)),
+        (ALLOWED6, "udp", Some(5353)),
+        (UPSTREAM4, "udp", Some(53)),
+        (BLOCKED4, "icmp", None),
+        (BLOCKED6, "ipv6-icmp", None),
+    ] {
+        assert!(counted(&blocked, a, proto, port), "{a} {proto} {port:?} not in {blocked:#?}");
+    }
+    assert!(
+        !blocked.iter().any(|b| b.address == addr(ALLOWED4) && b.port == Some(443)),
+        "allowed traffic was counted as blocked: {blocked:#?}"
+    );
+}
+
+#[test]
+fn inbound_connections_from_outside_are_dropped() {
+    let mut lab = Netlab::new("in", &[]);
+    let sbx = lab.add_namespace("sbx");
+    lab.wire_to_upstream(&sbx);
+    let _server = Server::start(lab.dir.path(), &sbx, "10.78.0.2", 8080);
+    assert_reaches(&lab.upstream, "tcp", "10.78.0.2", 8080);
+    load_ruleset(&sbx);
+    let a = attempt(&lab.upstream, "tcp", "10.78.0.2", 8080);
+    assert!(!a.ok, "inbound connection got through: {}", a.detail);
+}
+
+#[test]
+fn blocked_packets_reach_the_kernel_log_only_when_netns_logging_is_enabled() {
+    let mut lab = Netlab::new("log", &[]);
+    let sbx = lab.add_namespace("sbx");
+    lab.wire_to_upstream(&sbx);
+    load_ruleset(&sbx);
+    assert_refused_fast(&sbx, "tcp", BLOCKED4, 443);
+    let dmesg = Command::new("dmesg").output().expect("run dmesg");
+    let logged = String::from_utf8_lossy(&dmesg.stdout).contains(firewall::LOG_PREFIX.trim());
+    let all_netns = std::fs::read_to_string("/proc/sys/net/netfilter/nf_log_all_netns")
+        .unwrap_or_default()
+        .trim()
+        == "1";
+    // The kernel discards `log` in a non-initial namespace unless nf_log_all_netns is 1.
+    assert_eq!(logged, all_netns, "nf_log_all_netns={all_netns}, prefix in dmesg: {logged}");
+}
+
+#[test]
+fn pasta_connects_a_namespace_and_leaves_no_process_after_stop() {
+    let mut lab = Netlab::new("pasta", &[]);
+    let sbx = lab.add_namespace("sbx");
+    assert!(!attempt(&sbx, "tcp", ALLOWED4, 443).ok, "connected before pasta");
+
+    let path = ns_path(&sbx);
+    let handle = in_netns(&lab.host, move || {
+        pasta::start(Path::new(PASTA), &path, false).expect("start pasta")
+    });
+    let pid = handle.pid();
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+
+    assert_reaches(&sbx, "tcp", ALLOWED4, 443);
+    assert_reaches(&sbx, "tcp", ALLOWED6, 443);
+    assert_reaches(&sbx, "udp", ALLOWED4, 443);
+
+    handle.stop().unwrap();
+    assert!(exited(pid), "pasta {pid} still runs");
+    assert!(!attempt(&sbx, "tcp", ALLOWED4, 443).ok, "connected after pasta stopped");
+}
+
+#[test]
+fn pasta_does_not_expose_the_hosts_loopback_or_map_the_gateway() {
+    let mut lab = Netlab::new("lo", &[]);
+    let sbx = lab.add_namespace("sbx");
+    // A service on the host's loopback, the kind the sandbox must never reach.
+    let _v4 = Server::start(lab.dir.path(), &lab.host, "127.0.0.1", 9999);
+    let _v6 = Server::start(lab.dir.path(), &lab.host, "::1", 9998);
+    assert_reaches(&lab.host, "tcp", "127.0.0.1", 9999);
+
+    let path = ns_path(&sbx);
+    let handle = in_netns(&lab.host, move || pasta::start(Path::new(PASTA), &path, false).unwrap());
+    // Connectivity works, so failures below are the options' doing.
+    assert_reaches(&sbx, "tcp", ALLOWED4, 443);
+    for (a, port) in [("127.0.0.1", 9999), ("::1", 9998), (UPSTREAM4, 9999), (UPSTREAM6, 9998)] {
+        let r = attempt(&sbx, "tcp", a, port);
+        assert!(!r.ok, "sandbox reached the host's loopback via {a}:{port}: {}", r.detail);
+    }
+    handle.stop().unwrap();
+}
+
+/// A process standing in for the sandbox child: it lives in namespace `ns`.
+struct Child(std::process::Child);
+
+impl Child {
+    fn in_namespace(ns: &str) -> Child {
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, "sleep", "120"])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        Child(child)
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn network_session_filters_reports_blocked_destinations_and_cleans_up() {
+    let mut lab = Netlab::new("sess", &[]);
+    let sbx = lab.add_namespace("sbx");
+    let state = lab.dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let list = state.join("allowed-ips.conf");
+    std::fs::write(&list, test_allowlist().render("test")).unwrap();
+    std::fs::set_permissions(&list, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let config = netlab::config(&state, &["allowed.test"], &[], &[443], &[]);
+
+    // The child must be in its namespace before setup opens /proc/PID/ns/net.
+    let mut child = Child::in_namespace(&sbx);
+    let pid = nix::unistd::Pid::from_raw(child.0.id() as i32);
+    let sbx_inode = std::fs::metadata(ns_path(&sbx)).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).unwrap();
+    while std::fs::metadata(format!("/proc/{pid}/ns/net"))
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .unwrap()
+        != sbx_inode
+    {
+        std::thread::yield_now();
+    }
+
+    let session = in_netns(&lab.host, move || {
+        network::setup(&config, NetworkMode::Allowlist, pid, false).expect("network setup")
+    });
+    let pasta_pid = session.pasta_pid().expect("pasta runs");
+
+    assert_reaches(&sbx, "tcp", ALLOWED4, 443);
+    assert_reaches(&sbx, "tcp", ALLOWED6, 443);
+    assert_refused_fast(&sbx, "tcp", ALLOWED4, 8443);
+    assert_refused_fast(&sbx, "tcp", BLOCKED4, 443);
+    assert_refused_fast(&sbx, "udp", BLOCKED6, 443);
+
+    // The sandbox's last process exits before the report is read.
+    let _ = child.0.kill();
+    let _ = child.0.wait();
+    let blocked = session.finish().unwrap();
+    assert!(counted(&blocked, BLOCKED4, "tcp", Some(443)), "{blocked:#?}");
+    assert!(counted(&blocked, BLOCKED6, "udp", Some(443)), "{blocked:#?}");
+    assert!(counted(&blocked, ALLOWED4, "tcp", Some(8443)), "{blocked:#?}");
+    assert!(exited(pasta_pid), "pasta left behind");
+
+    let report = network::report(&blocked);
+    assert!(report.contains(&format!("{BLOCKED4}:443 tcp")), "{report}");
+}
+
+#[test]
+fn missing_allowlist_stops_setup_and_says_to_run_sync_ips() {
+    let mut lab = Netlab::new("miss", &[]);
+    let sbx = lab.add_namespace("sbx");
+    let state = lab.dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let config = netlab::config(&state, &["allowed.test"], &[], &[443], &[]);
+    let child = Child::in_namespace(&sbx);
+    let pid = nix::unistd::Pid::from_raw(child.0.id() as i32);
+    let err = network::setup(&config, NetworkMode::Allowlist, pid, false).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("sync-ips") && msg.contains("allowed-ips.conf"), "{msg}");
+}
