@@ -62,9 +62,8 @@ impl Allowlist {
                 bail!("allowlist {} does not exist: {fix}", path.display())
             }
             Err(e) => {
-                return Err(e).with_context(|| {
-                    format!("cannot read allowlist {}: {fix}", path.display())
-                });
+                return Err(e)
+                    .with_context(|| format!("cannot read allowlist {}: {fix}", path.display()));
             }
         };
         let meta = std::fs::metadata(path)
@@ -214,7 +213,10 @@ mod tests {
         let api = list.addresses("api.anthropic.com").unwrap();
         assert_eq!(api.len(), 2);
         assert_eq!(list.ipv4().len(), 2);
-        assert_eq!(list.ipv6(), vec!["2607:6bc0::10".parse::<Ipv6Addr>().unwrap()]);
+        assert_eq!(
+            list.ipv6(),
+            vec!["2607:6bc0::10".parse::<Ipv6Addr>().unwrap()]
+        );
     }
 
     #[test]
@@ -270,11 +272,17 @@ mod tests {
         let path = dir.join("allowed-ips.conf");
         let _ = std::fs::remove_file(&path);
         let err = format!("{:#}", Allowlist::load(&path).unwrap_err());
-        assert!(err.contains("does not exist") && err.contains("sync-ips"), "{err}");
+        assert!(
+            err.contains("does not exist") && err.contains("sync-ips"),
+            "{err}"
+        );
 
         std::fs::write(&path, "# only comments\n").unwrap();
         let err = format!("{:#}", Allowlist::load(&path).unwrap_err());
-        assert!(err.contains("is empty") && err.contains("sync-ips"), "{err}");
+        assert!(
+            err.contains("is empty") && err.contains("sync-ips"),
+            "{err}"
+        );
 
         std::fs::write(&path, "1.2.3.4 fine.example\nnot-an-address x\n").unwrap();
         let err = format!("{:#}", Allowlist::load(&path).unwrap_err());

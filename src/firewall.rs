@@ -68,7 +68,11 @@ fn meta(key: MetaKey) -> Expression<'static> {
     Expression::Named(NamedExpression::Meta(Meta { key }))
 }
 
-fn matches(left: Expression<'static>, op: Operator, right: Expression<'static>) -> Statement<'static> {
+fn matches(
+    left: Expression<'static>,
+    op: Operator,
+    right: Expression<'static>,
+) -> Statement<'static> {
     Statement::Match(Match { left, right, op })
 }
 
@@ -184,11 +188,13 @@ pub fn ruleset(
     tcp_ports: &[u16],
     udp_ports: &[u16],
 ) -> Nftables<'static> {
-    let mut objects = vec![NfObject::CmdObject(NfCmd::Add(NfListObject::Table(Table {
-        family: NfFamily::INet,
-        name: TABLE.into(),
-        handle: None,
-    })))];
+    let mut objects = vec![NfObject::CmdObject(NfCmd::Add(NfListObject::Table(
+        Table {
+            family: NfFamily::INet,
+            name: TABLE.into(),
+            handle: None,
+        },
+    )))];
     objects.push(address_set(
         "allowed4",
         SetType::Ipv4Addr,
@@ -253,7 +259,10 @@ pub fn ruleset(
         objects.push(rule(
             "output",
             vec![
-                eq(meta(MetaKey::Nfproto), string(if family == "ip" { "ipv4" } else { "ipv6" })),
+                eq(
+                    meta(MetaKey::Nfproto),
+                    string(if family == "ip" { "ipv4" } else { "ipv6" }),
+                ),
                 eq(meta(MetaKey::L4proto), with_port()),
                 Statement::Meter(Meter {
                     name: with.into(),
@@ -269,7 +278,10 @@ pub fn ruleset(
         objects.push(rule(
             "output",
             vec![
-                eq(meta(MetaKey::Nfproto), string(if family == "ip" { "ipv4" } else { "ipv6" })),
+                eq(
+                    meta(MetaKey::Nfproto),
+                    string(if family == "ip" { "ipv4" } else { "ipv6" }),
+                ),
                 matches(meta(MetaKey::L4proto), Operator::NEQ, with_port()),
                 Statement::Meter(Meter {
                     name: without.into(),
@@ -362,9 +374,12 @@ fn run_nft(nft: &Path, netns: BorrowedFd, args: &[&str], stdin: &[u8]) -> Result
             Ok(())
         });
     }
-    let mut child = command
-        .spawn()
-        .with_context(|| format!("cannot run {} in the sandbox's network namespace", nft.display()))?;
+    let mut child = command.spawn().with_context(|| {
+        format!(
+            "cannot run {} in the sandbox's network namespace",
+            nft.display()
+        )
+    })?;
     child
         .stdin
         .take()
@@ -390,8 +405,7 @@ fn run_nft(nft: &Path, netns: BorrowedFd, args: &[&str], stdin: &[u8]) -> Result
 /// table is in place or nothing changed.
 pub fn apply(nft: &Path, netns: BorrowedFd, ruleset: &Nftables) -> Result<()> {
     let json = serde_json::to_vec(ruleset).context("cannot serialize the nftables ruleset")?;
-    run_nft(nft, netns, &["-j", "-f", "-"], &json)
-        .context("cannot load the sandbox's firewall")?;
+    run_nft(nft, netns, &["-j", "-f", "-"], &json).context("cannot load the sandbox's firewall")?;
     Ok(())
 }
 
@@ -399,9 +413,16 @@ pub fn apply(nft: &Path, netns: BorrowedFd, ruleset: &Nftables) -> Result<()> {
 pub fn blocked(nft: &Path, netns: BorrowedFd) -> Result<Vec<Blocked>> {
     let mut all = Vec::new();
     for meter in [METER_PORT4, METER_PORT6, METER_PROTO4, METER_PROTO6] {
-        let out = run_nft(nft, netns, &["-j", "list", "meter", "inet", TABLE, meter], b"")
-            .with_context(|| format!("cannot read the blocked-destination counters ({meter})"))?;
-        all.extend(parse_meter(&out).with_context(|| format!("unexpected nft output for {meter}"))?);
+        let out = run_nft(
+            nft,
+            netns,
+            &["-j", "list", "meter", "inet", TABLE, meter],
+            b"",
+        )
+        .with_context(|| format!("cannot read the blocked-destination counters ({meter})"))?;
+        all.extend(
+            parse_meter(&out).with_context(|| format!("unexpected nft output for {meter}"))?,
+        );
     }
     all.sort_by(|a, b| b.packets.cmp(&a.packets).then_with(|| a.cmp(b)));
     Ok(all)
@@ -419,7 +440,9 @@ fn parse_meter(json: &[u8]) -> Result<Vec<Blocked>> {
         };
         for elem in elems {
             let elem = &elem["elem"];
-            let key = elem["val"]["concat"].as_array().context("element is not a concatenation")?;
+            let key = elem["val"]["concat"]
+                .as_array()
+                .context("element is not a concatenation")?;
             let address: IpAddr = key
                 .first()
                 .and_then(|a| a.as_str())
@@ -433,7 +456,11 @@ fn parse_meter(json: &[u8]) -> Result<Vec<Blocked>> {
             };
             let port = key
                 .get(2)
-                .map(|p| p.as_u64().and_then(|p| u16::try_from(p).ok()).context("element port"))
+                .map(|p| {
+                    p.as_u64()
+                        .and_then(|p| u16::try_from(p).ok())
+                        .context("element port")
+                })
                 .transpose()?;
             let packets = elem["counter"]["packets"].as_u64().unwrap_or(0);
             found.push(Blocked {
@@ -461,7 +488,10 @@ mod tests {
         let got = parse_meter(json).unwrap();
         assert_eq!(got.len(), 3);
         assert_eq!(got[0].address, "10.9.0.5".parse::<IpAddr>().unwrap());
-        assert_eq!((got[0].protocol.as_str(), got[0].port, got[0].packets), ("udp", Some(53), 3));
+        assert_eq!(
+            (got[0].protocol.as_str(), got[0].port, got[0].packets),
+            ("udp", Some(53), 3)
+        );
         assert_eq!((got[1].protocol.as_str(), got[1].port), ("ipv6-icmp", None));
         assert_eq!(got[2].protocol, "132");
     }

@@ -57,8 +57,12 @@ pub fn setup_with_allowlist(
     verbose: bool,
 ) -> Result<NetworkSession> {
     let ns_path = PathBuf::from(format!("/proc/{child_pid}/ns/net"));
-    let netns = File::open(&ns_path)
-        .with_context(|| format!("cannot open the sandbox's network namespace {}", ns_path.display()))?;
+    let netns = File::open(&ns_path).with_context(|| {
+        format!(
+            "cannot open the sandbox's network namespace {}",
+            ns_path.display()
+        )
+    })?;
     let mut session = NetworkSession {
         mode,
         nft: config.tools.nft.clone(),
@@ -266,8 +270,15 @@ mod tests {
         let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let end = start + Duration::from_secs(60);
         for _ in 0..2 {
-            write_log(&path, start, end, Path::new("/w"), NetworkMode::Allowlist, &sample())
-                .unwrap();
+            write_log(
+                &path,
+                start,
+                end,
+                Path::new("/w"),
+                NetworkMode::Allowlist,
+                &sample(),
+            )
+            .unwrap();
         }
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<&str> = text.lines().collect();

@@ -107,11 +107,15 @@ pub fn start(pasta: &Path, netns: &Path, verbose: bool) -> Result<Pasta> {
     let scratch = ScratchDir::new()?;
     let pid_file = scratch.0.join("pasta.pid");
     let log_path = scratch.0.join("pasta.log");
-    let log = File::create(&log_path)
-        .with_context(|| format!("cannot create {}", log_path.display()))?;
+    let log =
+        File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
     let args = arguments(ns_fd, &pid_file);
     if verbose {
-        eprintln!("claude-chroot: starting {} {}", pasta.display(), args.join(" "));
+        eprintln!(
+            "claude-chroot: starting {} {}",
+            pasta.display(),
+            args.join(" ")
+        );
     }
 
     let mut command = Command::new(pasta);
@@ -119,7 +123,10 @@ pub fn start(pasta: &Path, netns: &Path, verbose: bool) -> Result<Pasta> {
         .args(&args)
         .env_clear()
         .stdin(Stdio::null())
-        .stdout(log.try_clone().context("cannot duplicate pasta's log descriptor")?)
+        .stdout(
+            log.try_clone()
+                .context("cannot duplicate pasta's log descriptor")?,
+        )
         .stderr(log);
     // SAFETY: fcntl is async-signal-safe and touches only the namespace descriptor, which the
     // parent keeps open (`ns`) until after spawn; clearing FD_CLOEXEC in the child only lets
@@ -269,6 +276,10 @@ mod tests {
         ] {
             assert!(joined.contains(needle), "{needle} missing from {joined}");
         }
-        assert!(!args.iter().any(|a| a == "--dns-forward" || a == "-4" || a == "-6"));
+        assert!(
+            !args
+                .iter()
+                .any(|a| a == "--dns-forward" || a == "-4" || a == "-6")
+        );
     }
 }

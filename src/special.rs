@@ -26,48 +26,172 @@ macro_rules! block {
 const BLOCKS: &[(&str, &str)] = &[
     // IPv4 special-purpose registry.
     block!("0.0.0.0/8", "this network", "IPv4 special-purpose, RFC 791"),
-    block!("10.0.0.0/8", "private-use", "IPv4 special-purpose, RFC 1918"),
-    block!("100.64.0.0/10", "shared address space (CGNAT)", "IPv4 special-purpose, RFC 6598"),
+    block!(
+        "10.0.0.0/8",
+        "private-use",
+        "IPv4 special-purpose, RFC 1918"
+    ),
+    block!(
+        "100.64.0.0/10",
+        "shared address space (CGNAT)",
+        "IPv4 special-purpose, RFC 6598"
+    ),
     block!("127.0.0.0/8", "loopback", "IPv4 special-purpose, RFC 1122"),
-    block!("169.254.0.0/16", "link-local", "IPv4 special-purpose, RFC 3927"),
-    block!("172.16.0.0/12", "private-use", "IPv4 special-purpose, RFC 1918"),
-    block!("192.0.0.0/24", "IETF protocol assignments", "IPv4 special-purpose, RFC 6890"),
-    block!("192.0.2.0/24", "documentation (TEST-NET-1)", "IPv4 special-purpose, RFC 5737"),
-    block!("192.31.196.0/24", "AS112-v4", "IPv4 special-purpose, RFC 7535"),
+    block!(
+        "169.254.0.0/16",
+        "link-local",
+        "IPv4 special-purpose, RFC 3927"
+    ),
+    block!(
+        "172.16.0.0/12",
+        "private-use",
+        "IPv4 special-purpose, RFC 1918"
+    ),
+    block!(
+        "192.0.0.0/24",
+        "IETF protocol assignments",
+        "IPv4 special-purpose, RFC 6890"
+    ),
+    block!(
+        "192.0.2.0/24",
+        "documentation (TEST-NET-1)",
+        "IPv4 special-purpose, RFC 5737"
+    ),
+    block!(
+        "192.31.196.0/24",
+        "AS112-v4",
+        "IPv4 special-purpose, RFC 7535"
+    ),
     block!("192.52.193.0/24", "AMT", "IPv4 special-purpose, RFC 7450"),
-    block!("192.88.99.0/24", "deprecated 6to4 relay anycast", "IPv4 special-purpose, RFC 7526"),
-    block!("192.168.0.0/16", "private-use", "IPv4 special-purpose, RFC 1918"),
-    block!("192.175.48.0/24", "direct delegation AS112 service", "IPv4 special-purpose, RFC 7534"),
-    block!("198.18.0.0/15", "benchmarking", "IPv4 special-purpose, RFC 2544"),
-    block!("198.51.100.0/24", "documentation (TEST-NET-2)", "IPv4 special-purpose, RFC 5737"),
-    block!("203.0.113.0/24", "documentation (TEST-NET-3)", "IPv4 special-purpose, RFC 5737"),
-    block!("224.0.0.0/4", "multicast", "IPv4 multicast address space, RFC 5771"),
-    block!("255.255.255.255/32", "limited broadcast", "IPv4 special-purpose, RFC 919"),
+    block!(
+        "192.88.99.0/24",
+        "deprecated 6to4 relay anycast",
+        "IPv4 special-purpose, RFC 7526"
+    ),
+    block!(
+        "192.168.0.0/16",
+        "private-use",
+        "IPv4 special-purpose, RFC 1918"
+    ),
+    block!(
+        "192.175.48.0/24",
+        "direct delegation AS112 service",
+        "IPv4 special-purpose, RFC 7534"
+    ),
+    block!(
+        "198.18.0.0/15",
+        "benchmarking",
+        "IPv4 special-purpose, RFC 2544"
+    ),
+    block!(
+        "198.51.100.0/24",
+        "documentation (TEST-NET-2)",
+        "IPv4 special-purpose, RFC 5737"
+    ),
+    block!(
+        "203.0.113.0/24",
+        "documentation (TEST-NET-3)",
+        "IPv4 special-purpose, RFC 5737"
+    ),
+    block!(
+        "224.0.0.0/4",
+        "multicast",
+        "IPv4 multicast address space, RFC 5771"
+    ),
+    block!(
+        "255.255.255.255/32",
+        "limited broadcast",
+        "IPv4 special-purpose, RFC 919"
+    ),
     block!("240.0.0.0/4", "reserved", "IPv4 special-purpose, RFC 1112"),
     // IPv6 special-purpose registry.
-    block!("::/128", "unspecified address", "IPv6 special-purpose, RFC 4291"),
+    block!(
+        "::/128",
+        "unspecified address",
+        "IPv6 special-purpose, RFC 4291"
+    ),
     block!("::1/128", "loopback", "IPv6 special-purpose, RFC 4291"),
-    block!("::ffff:0:0/96", "IPv4-mapped", "IPv6 special-purpose, RFC 4291"),
-    block!("64:ff9b::/96", "IPv4-IPv6 translation", "IPv6 special-purpose, RFC 6052"),
-    block!("64:ff9b:1::/48", "local-use IPv4/IPv6 translation", "IPv6 special-purpose, RFC 8215"),
+    block!(
+        "::ffff:0:0/96",
+        "IPv4-mapped",
+        "IPv6 special-purpose, RFC 4291"
+    ),
+    block!(
+        "64:ff9b::/96",
+        "IPv4-IPv6 translation",
+        "IPv6 special-purpose, RFC 6052"
+    ),
+    block!(
+        "64:ff9b:1::/48",
+        "local-use IPv4/IPv6 translation",
+        "IPv6 special-purpose, RFC 8215"
+    ),
     block!("100::/64", "discard-only", "IPv6 special-purpose, RFC 6666"),
-    block!("100:0:0:1::/64", "dummy IPv6 prefix", "IPv6 special-purpose, RFC 9780"),
+    block!(
+        "100:0:0:1::/64",
+        "dummy IPv6 prefix",
+        "IPv6 special-purpose, RFC 9780"
+    ),
     block!("2001::/32", "TEREDO", "IPv6 special-purpose, RFC 4380"),
-    block!("2001:2::/48", "benchmarking", "IPv6 special-purpose, RFC 5180"),
+    block!(
+        "2001:2::/48",
+        "benchmarking",
+        "IPv6 special-purpose, RFC 5180"
+    ),
     block!("2001:3::/32", "AMT", "IPv6 special-purpose, RFC 7450"),
-    block!("2001:4:112::/48", "AS112-v6", "IPv6 special-purpose, RFC 7535"),
-    block!("2001:10::/28", "deprecated ORCHID", "IPv6 special-purpose, RFC 4843"),
+    block!(
+        "2001:4:112::/48",
+        "AS112-v6",
+        "IPv6 special-purpose, RFC 7535"
+    ),
+    block!(
+        "2001:10::/28",
+        "deprecated ORCHID",
+        "IPv6 special-purpose, RFC 4843"
+    ),
     block!("2001:20::/28", "ORCHIDv2", "IPv6 special-purpose, RFC 7343"),
-    block!("2001:30::/28", "drone remote ID tags", "IPv6 special-purpose, RFC 9374"),
-    block!("2001::/23", "IETF protocol assignments", "IPv6 special-purpose, RFC 2928"),
-    block!("2001:db8::/32", "documentation", "IPv6 special-purpose, RFC 3849"),
+    block!(
+        "2001:30::/28",
+        "drone remote ID tags",
+        "IPv6 special-purpose, RFC 9374"
+    ),
+    block!(
+        "2001::/23",
+        "IETF protocol assignments",
+        "IPv6 special-purpose, RFC 2928"
+    ),
+    block!(
+        "2001:db8::/32",
+        "documentation",
+        "IPv6 special-purpose, RFC 3849"
+    ),
     block!("2002::/16", "6to4", "IPv6 special-purpose, RFC 3056"),
-    block!("2620:4f:8000::/48", "direct delegation AS112 service", "IPv6 special-purpose, RFC 7534"),
-    block!("3fff::/20", "documentation", "IPv6 special-purpose, RFC 9637"),
-    block!("5f00::/16", "segment routing (SRv6) SIDs", "IPv6 special-purpose, RFC 9602"),
+    block!(
+        "2620:4f:8000::/48",
+        "direct delegation AS112 service",
+        "IPv6 special-purpose, RFC 7534"
+    ),
+    block!(
+        "3fff::/20",
+        "documentation",
+        "IPv6 special-purpose, RFC 9637"
+    ),
+    block!(
+        "5f00::/16",
+        "segment routing (SRv6) SIDs",
+        "IPv6 special-purpose, RFC 9602"
+    ),
     block!("fc00::/7", "unique-local", "IPv6 special-purpose, RFC 4193"),
-    block!("fe80::/10", "link-local unicast", "IPv6 special-purpose, RFC 4291"),
-    block!("ff00::/8", "multicast", "IPv6 multicast address space, RFC 4291"),
+    block!(
+        "fe80::/10",
+        "link-local unicast",
+        "IPv6 special-purpose, RFC 4291"
+    ),
+    block!(
+        "ff00::/8",
+        "multicast",
+        "IPv6 multicast address space, RFC 4291"
+    ),
 ];
 
 /// Everything IPv6 outside 2000::/3 is reserved or not globally routable (site-local, the
@@ -102,7 +226,10 @@ mod tests {
     fn special(addr: &str, block: &str) {
         let ip: IpAddr = addr.parse().unwrap();
         let reason = special_purpose(ip).unwrap_or_else(|| panic!("{addr} not flagged"));
-        assert!(reason.contains(block), "{addr}: {reason} does not name {block}");
+        assert!(
+            reason.contains(block),
+            "{addr}: {reason} does not name {block}"
+        );
     }
 
     #[track_caller]

@@ -48,9 +48,9 @@ pub fn parse_nameserver(text: &str) -> Result<SocketAddr> {
     if let Ok(sa) = text.parse::<SocketAddr>() {
         return Ok(sa);
     }
-    let ip: IpAddr = text.parse().with_context(|| {
-        format!("nameserver {text:?} is neither ADDRESS nor ADDRESS:PORT")
-    })?;
+    let ip: IpAddr = text
+        .parse()
+        .with_context(|| format!("nameserver {text:?} is neither ADDRESS nor ADDRESS:PORT"))?;
     Ok(SocketAddr::new(ip, 53))
 }
 
@@ -77,12 +77,10 @@ fn resolver(config: &Config) -> Result<Resolver<TokioRuntimeProvider>> {
     opts.timeout = Duration::from_millis(net.resolve_timeout_ms.max(1));
     // Ask DNS only: the host's /etc/hosts is not what the sandbox should trust.
     opts.use_hosts_file = ResolveHosts::Never;
-    Ok(
-        Resolver::builder_with_config(resolver_config, TokioRuntimeProvider::default())
-            .with_options(opts)
-            .build()
-            .context("cannot build the DNS resolver")?,
-    )
+    Resolver::builder_with_config(resolver_config, TokioRuntimeProvider::default())
+        .with_options(opts)
+        .build()
+        .context("cannot build the DNS resolver")
 }
 
 /// Resolve every configured domain, A and AAAA, all in parallel.
@@ -97,7 +95,9 @@ pub fn resolve_all(config: &Config) -> Result<Vec<Resolution>> {
         for domain in &config.network.domains {
             let resolver = resolver.clone();
             let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-            tasks.push(tokio::spawn(async move { resolve_one(&resolver, domain).await }));
+            tasks.push(tokio::spawn(
+                async move { resolve_one(&resolver, domain).await },
+            ));
         }
         let mut out = Vec::new();
         for task in tasks {
@@ -306,9 +306,16 @@ pub fn run_with(
     }
     let (next, empty) = merge(&previous, &resolutions);
     for domain in &empty {
-        writeln!(err, "claude-chroot: {domain}: no address; the sandbox cannot reach it")?;
+        writeln!(
+            err,
+            "claude-chroot: {domain}: no address; the sandbox cannot reach it"
+        )?;
     }
-    let failed_status = if empty.is_empty() { EXIT_OK } else { EXIT_NO_ADDRESS };
+    let failed_status = if empty.is_empty() {
+        EXIT_OK
+    } else {
+        EXIT_NO_ADDRESS
+    };
 
     if next == previous && path.exists() {
         writeln!(err, "claude-chroot: {} is up to date", path.display())?;
@@ -317,15 +324,27 @@ pub fn run_with(
     write!(out, "{}", diff(&path, &previous, &next))?;
     out.flush()?;
     if check {
-        writeln!(err, "claude-chroot: {} differs from DNS (--check: not written)", path.display())?;
+        writeln!(
+            err,
+            "claude-chroot: {} differs from DNS (--check: not written)",
+            path.display()
+        )?;
         return Ok(failed_status.max(EXIT_DRIFT));
     }
     if next.is_empty() {
-        writeln!(err, "claude-chroot: no domain has an address; {} not written", path.display())?;
+        writeln!(
+            err,
+            "claude-chroot: no domain has an address; {} not written",
+            path.display()
+        )?;
         return Ok(EXIT_NO_ADDRESS);
     }
     if !yes {
-        write!(err, "claude-chroot: write these changes to {}? [y/N] ", path.display())?;
+        write!(
+            err,
+            "claude-chroot: write these changes to {}? [y/N] ",
+            path.display()
+        )?;
         err.flush()?;
         let confirm = confirm.expect("checked above");
         if !confirm()? {
@@ -344,12 +363,18 @@ mod tests {
 
     #[test]
     fn nameservers_accept_address_and_address_port() {
-        assert_eq!(parse_nameserver("192.0.2.53").unwrap(), "192.0.2.53:53".parse().unwrap());
+        assert_eq!(
+            parse_nameserver("192.0.2.53").unwrap(),
+            "192.0.2.53:53".parse().unwrap()
+        );
         assert_eq!(
             parse_nameserver("192.0.2.53:5353").unwrap(),
             "192.0.2.53:5353".parse().unwrap()
         );
-        assert_eq!(parse_nameserver("2001:db8::53").unwrap(), "[2001:db8::53]:53".parse().unwrap());
+        assert_eq!(
+            parse_nameserver("2001:db8::53").unwrap(),
+            "[2001:db8::53]:53".parse().unwrap()
+        );
         assert_eq!(
             parse_nameserver("[2001:db8::53]:5353").unwrap(),
             "[2001:db8::53]:5353".parse().unwrap()
@@ -368,8 +393,9 @@ mod tests {
 
     #[test]
     fn merge_keeps_previous_addresses_of_a_failed_domain() {
-        let previous = Allowlist::parse("1.1.1.1 a.example\n8.8.8.8 b.example\n9.9.9.9 gone.example\n")
-            .unwrap();
+        let previous =
+            Allowlist::parse("1.1.1.1 a.example\n8.8.8.8 b.example\n9.9.9.9 gone.example\n")
+                .unwrap();
         let (next, empty) = merge(
             &previous,
             &[

@@ -35,14 +35,16 @@ fn load_ruleset(ns: &str) {
 fn exited(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
-        Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')),
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z')),
     }
 }
 
 fn counted(blocked: &[Blocked], address: &str, protocol: &str, port: Option<u16>) -> bool {
-    blocked
-        .iter()
-        .any(|b| b.address == addr(address) && b.protocol == protocol && b.port == port && b.packets > 0)
+    blocked.iter().any(|b| {
+        b.address == addr(address) && b.protocol == protocol && b.port == port && b.packets > 0
+    })
 }
 
 #[test]
@@ -94,10 +96,15 @@ fn allowed_destinations_connect_and_everything_else_is_rejected_fast_and_counted
         (BLOCKED4, "icmp", None),
         (BLOCKED6, "ipv6-icmp", None),
     ] {
-        assert!(counted(&blocked, a, proto, port), "{a} {proto} {port:?} not in {blocked:#?}");
+        assert!(
+            counted(&blocked, a, proto, port),
+            "{a} {proto} {port:?} not in {blocked:#?}"
+        );
     }
     assert!(
-        !blocked.iter().any(|b| b.address == addr(ALLOWED4) && b.port == Some(443)),
+        !blocked
+            .iter()
+            .any(|b| b.address == addr(ALLOWED4) && b.port == Some(443)),
         "allowed traffic was counted as blocked: {blocked:#?}"
     );
 }
@@ -128,14 +135,20 @@ fn blocked_packets_reach_the_kernel_log_only_when_netns_logging_is_enabled() {
         .trim()
         == "1";
     // The kernel discards `log` in a non-initial namespace unless nf_log_all_netns is 1.
-    assert_eq!(logged, all_netns, "nf_log_all_netns={all_netns}, prefix in dmesg: {logged}");
+    assert_eq!(
+        logged, all_netns,
+        "nf_log_all_netns={all_netns}, prefix in dmesg: {logged}"
+    );
 }
 
 #[test]
 fn pasta_connects_a_namespace_and_leaves_no_process_after_stop() {
     let mut lab = Netlab::new("pasta", &[]);
     let sbx = lab.add_namespace("sbx");
-    assert!(!attempt(&sbx, "tcp", ALLOWED4, 443).ok, "connected before pasta");
+    assert!(
+        !attempt(&sbx, "tcp", ALLOWED4, 443).ok,
+        "connected before pasta"
+    );
 
     let path = ns_path(&sbx);
     let handle = in_netns(&lab.host, move || {
@@ -150,7 +163,10 @@ fn pasta_connects_a_namespace_and_leaves_no_process_after_stop() {
 
     handle.stop().unwrap();
     assert!(exited(pid), "pasta {pid} still runs");
-    assert!(!attempt(&sbx, "tcp", ALLOWED4, 443).ok, "connected after pasta stopped");
+    assert!(
+        !attempt(&sbx, "tcp", ALLOWED4, 443).ok,
+        "connected after pasta stopped"
+    );
 }
 
 #[test]
@@ -163,12 +179,23 @@ fn pasta_does_not_expose_the_hosts_loopback_or_map_the_gateway() {
     assert_reaches(&lab.host, "tcp", "127.0.0.1", 9999);
 
     let path = ns_path(&sbx);
-    let handle = in_netns(&lab.host, move || pasta::start(Path::new(PASTA), &path, false).unwrap());
+    let handle = in_netns(&lab.host, move || {
+        pasta::start(Path::new(PASTA), &path, false).unwrap()
+    });
     // Connectivity works, so failures below are the options' doing.
     assert_reaches(&sbx, "tcp", ALLOWED4, 443);
-    for (a, port) in [("127.0.0.1", 9999), ("::1", 9998), (UPSTREAM4, 9999), (UPSTREAM6, 9998)] {
+    for (a, port) in [
+        ("127.0.0.1", 9999),
+        ("::1", 9998),
+        (UPSTREAM4, 9999),
+        (UPSTREAM6, 9998),
+    ] {
         let r = attempt(&sbx, "tcp", a, port);
-        assert!(!r.ok, "sandbox reached the host's loopback via {a}:{port}: {}", r.detail);
+        assert!(
+            !r.ok,
+            "sandbox reached the host's loopback via {a}:{port}: {}",
+            r.detail
+        );
     }
     handle.stop().unwrap();
 }
@@ -208,7 +235,9 @@ fn network_session_filters_reports_blocked_destinations_and_cleans_up() {
     // The child must be in its namespace before setup opens /proc/PID/ns/net.
     let mut child = Child::in_namespace(&sbx);
     let pid = nix::unistd::Pid::from_raw(child.0.id() as i32);
-    let sbx_inode = std::fs::metadata(ns_path(&sbx)).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).unwrap();
+    let sbx_inode = std::fs::metadata(ns_path(&sbx))
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .unwrap();
     while std::fs::metadata(format!("/proc/{pid}/ns/net"))
         .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
         .unwrap()
@@ -232,9 +261,18 @@ fn network_session_filters_reports_blocked_destinations_and_cleans_up() {
     let _ = child.0.kill();
     let _ = child.0.wait();
     let blocked = session.finish().unwrap();
-    assert!(counted(&blocked, BLOCKED4, "tcp", Some(443)), "{blocked:#?}");
-    assert!(counted(&blocked, BLOCKED6, "udp", Some(443)), "{blocked:#?}");
-    assert!(counted(&blocked, ALLOWED4, "tcp", Some(8443)), "{blocked:#?}");
+    assert!(
+        counted(&blocked, BLOCKED4, "tcp", Some(443)),
+        "{blocked:#?}"
+    );
+    assert!(
+        counted(&blocked, BLOCKED6, "udp", Some(443)),
+        "{blocked:#?}"
+    );
+    assert!(
+        counted(&blocked, ALLOWED4, "tcp", Some(8443)),
+        "{blocked:#?}"
+    );
     assert!(exited(pasta_pid), "pasta left behind");
 
     let report = network::report(&blocked);
@@ -252,5 +290,8 @@ fn missing_allowlist_stops_setup_and_says_to_run_sync_ips() {
     let pid = nix::unistd::Pid::from_raw(child.0.id() as i32);
     let err = network::setup(&config, NetworkMode::Allowlist, pid, false).unwrap_err();
     let msg = format!("{err:#}");
-    assert!(msg.contains("sync-ips") && msg.contains("allowed-ips.conf"), "{msg}");
+    assert!(
+        msg.contains("sync-ips") && msg.contains("allowed-ips.conf"),
+        "{msg}"
+    );
 }

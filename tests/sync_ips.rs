@@ -78,7 +78,10 @@ fn entries(path: &Path) -> String {
 
 #[test]
 fn sync_ips_writes_exactly_the_expected_file() {
-    let (lab, config, file) = setup("write", &["api.test", "www.test", "second.test", "mixed.test"]);
+    let (lab, config, file) = setup(
+        "write",
+        &["api.test", "www.test", "second.test", "mixed.test"],
+    );
     let run = sync(&lab, &config, true, false, None);
     assert_eq!(run.status, EXIT_OK, "{}", run.stderr);
     assert_eq!(
@@ -93,9 +96,15 @@ fn sync_ips_writes_exactly_the_expected_file() {
     );
     let text = std::fs::read_to_string(&file).unwrap();
     assert!(text.starts_with("# claude-chroot allowlist"), "{text}");
-    assert!(text.contains("# Domains: api.test www.test second.test mixed.test\n"), "{text}");
+    assert!(
+        text.contains("# Domains: api.test www.test second.test mixed.test\n"),
+        "{text}"
+    );
     let meta = std::fs::metadata(&file).unwrap();
-    assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o7777), (0, 0, 0o644));
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o7777),
+        (0, 0, 0o644)
+    );
     // No temporary file is left next to it.
     let leftovers: Vec<_> = std::fs::read_dir(file.parent().unwrap())
         .unwrap()
@@ -122,7 +131,11 @@ fn special_purpose_answers_are_dropped_with_their_reason() {
         "mixed.test: dropped fd00::1: unique-local fc00::/7",
         "mixed.test: dropped 2001:db8::5: documentation 2001:db8::/32",
     ] {
-        assert!(run.stderr.contains(expected), "missing {expected:?} in:\n{}", run.stderr);
+        assert!(
+            run.stderr.contains(expected),
+            "missing {expected:?} in:\n{}",
+            run.stderr
+        );
     }
     assert_eq!(
         entries(&file),
@@ -137,8 +150,14 @@ fn check_reports_drift_with_a_diff_and_writes_nothing() {
     std::fs::write(&file, old).unwrap();
     let run = sync(&lab, &config, false, true, None);
     assert_eq!(run.status, EXIT_DRIFT, "{}", run.stderr);
-    assert_eq!(std::fs::read_to_string(&file).unwrap(), old, "--check wrote the file");
-    let diff = run.stdout.replace(&file.display().to_string(), "STATE/allowed-ips.conf");
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        old,
+        "--check wrote the file"
+    );
+    let diff = run
+        .stdout
+        .replace(&file.display().to_string(), "STATE/allowed-ips.conf");
     insta::assert_snapshot!(diff);
 }
 
@@ -159,7 +178,11 @@ fn declining_at_the_prompt_writes_nothing_and_accepting_writes() {
     let (lab, config, file) = setup("prompt", &["api.test"]);
     let run = sync(&lab, &config, false, false, Some(false));
     assert_eq!(run.status, EXIT_DRIFT);
-    assert!(run.stdout.contains("+160.79.104.10 api.test"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("+160.79.104.10 api.test"),
+        "{}",
+        run.stdout
+    );
     assert!(!file.exists());
     let run = sync(&lab, &config, false, false, Some(true));
     assert_eq!(run.status, EXIT_OK, "{}", run.stderr);
@@ -184,8 +207,10 @@ fn refuses_without_terminal_or_flag() {
 fn failing_domains_keep_their_previous_addresses() {
     // broken.example is refused by the server (no upstream), special.test has only special answers,
     // nx.test does not exist.
-    let (lab, config, file) =
-        setup("fail", &["api.test", "broken.example", "special.test", "nx.test"]);
+    let (lab, config, file) = setup(
+        "fail",
+        &["api.test", "broken.example", "special.test", "nx.test"],
+    );
     std::fs::write(
         &file,
         "160.79.104.10 api.test\n8.8.4.4 broken.example\n1.2.3.4 special.test\n9.9.9.9 nx.test\n",
@@ -209,7 +234,10 @@ fn failing_domains_keep_their_previous_addresses() {
             run.stderr
         );
     }
-    assert!(run.stderr.contains("special.test: dropped 192.168.1.1: private-use"));
+    assert!(
+        run.stderr
+            .contains("special.test: dropped 192.168.1.1: private-use")
+    );
 }
 
 #[test]
@@ -219,7 +247,10 @@ fn a_domain_left_without_any_address_exits_non_zero() {
     assert_eq!(run.status, EXIT_NO_ADDRESS, "{}", run.stderr);
     assert!(run.stderr.contains("nx.test: no address"), "{}", run.stderr);
     // The domains that resolved are still written, for review like any change.
-    assert_eq!(entries(&file), "160.79.104.10 api.test\n2607:6bc0::10 api.test\n");
+    assert_eq!(
+        entries(&file),
+        "160.79.104.10 api.test\n2607:6bc0::10 api.test\n"
+    );
     let run = sync(&lab, &config, false, true, None);
     assert_eq!(run.status, EXIT_NO_ADDRESS, "{}", run.stderr);
 }
@@ -230,5 +261,8 @@ fn nameserver_with_port_and_cname_chain_resolve() {
     config.network.nameservers = vec![format!("{UPSTREAM4}:53")];
     let run = sync(&lab, &config, true, false, None);
     assert_eq!(run.status, EXIT_OK, "{}", run.stderr);
-    assert_eq!(entries(&file), "160.79.104.10 www.test\n2607:6bc0::10 www.test\n");
+    assert_eq!(
+        entries(&file),
+        "160.79.104.10 www.test\n2607:6bc0::10 www.test\n"
+    );
 }

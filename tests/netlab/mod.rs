@@ -153,7 +153,9 @@ impl Netlab {
             ip(&["-n", &up, "addr", "add", &format!("{a}/128"), "dev", "lo"]);
         }
         ip(&["-n", &host, "route", "add", "default", "via", UPSTREAM4]);
-        ip(&["-n", &host, "-6", "route", "add", "default", "via", UPSTREAM6]);
+        ip(&[
+            "-n", &host, "-6", "route", "add", "default", "via", UPSTREAM6,
+        ]);
         lab.start_servers();
         lab.start_dnsmasq(dns_options);
         lab
@@ -208,7 +210,11 @@ impl Netlab {
             .expect("start dnsmasq");
         // dnsmasq forks into the background once its sockets are bound.
         assert!(status.success(), "dnsmasq failed to start");
-        let pid = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+        let pid = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         self.dnsmasq_pid = Some(pid);
     }
 
@@ -239,17 +245,62 @@ impl Netlab {
     /// Connect namespace `ns` straight to upstream with a second veth, as the host is.
     pub fn wire_to_upstream(&self, ns: &str) {
         ip(&[
-            "link", "add", "up1", "netns", &self.upstream, "type", "veth", "peer", "name", "eth0",
-            "netns", ns,
+            "link",
+            "add",
+            "up1",
+            "netns",
+            &self.upstream,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            ns,
         ]);
-        ip(&["-n", &self.upstream, "addr", "add", "10.78.0.1/24", "dev", "up1"]);
-        ip(&["-n", &self.upstream, "addr", "add", "2001:db8:78::1/64", "dev", "up1", "nodad"]);
+        ip(&[
+            "-n",
+            &self.upstream,
+            "addr",
+            "add",
+            "10.78.0.1/24",
+            "dev",
+            "up1",
+        ]);
+        ip(&[
+            "-n",
+            &self.upstream,
+            "addr",
+            "add",
+            "2001:db8:78::1/64",
+            "dev",
+            "up1",
+            "nodad",
+        ]);
         ip(&["-n", &self.upstream, "link", "set", "up1", "up"]);
         ip(&["-n", ns, "addr", "add", "10.78.0.2/24", "dev", "eth0"]);
-        ip(&["-n", ns, "addr", "add", "2001:db8:78::2/64", "dev", "eth0", "nodad"]);
+        ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            "2001:db8:78::2/64",
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
         ip(&["-n", ns, "link", "set", "eth0", "up"]);
         ip(&["-n", ns, "route", "add", "default", "via", "10.78.0.1"]);
-        ip(&["-n", ns, "-6", "route", "add", "default", "via", "2001:db8:78::1"]);
+        ip(&[
+            "-n",
+            ns,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            "2001:db8:78::1",
+        ]);
     }
 }
 
@@ -328,7 +379,11 @@ print(result, "%.3f" % (time.monotonic() - start))
 
 /// Try `kind` (`tcp`, `udp`, `icmp`) to `addr`:`port` from namespace `ns`.
 pub fn attempt(ns: &str, kind: &str, addr: &str, port: u16) -> Attempt {
-    let out = exec_in(ns, "python3", &["-c", CLIENT_PY, kind, addr, &port.to_string()]);
+    let out = exec_in(
+        ns,
+        "python3",
+        &["-c", CLIENT_PY, kind, addr, &port.to_string()],
+    );
     let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let (detail, secs) = text.rsplit_once(' ').unwrap_or((&text, "99"));
     Attempt {
@@ -349,7 +404,11 @@ pub fn assert_reaches(ns: &str, kind: &str, addr: &str, port: u16) {
 #[track_caller]
 pub fn assert_refused_fast(ns: &str, kind: &str, addr: &str, port: u16) {
     let a = attempt(ns, kind, addr, port);
-    assert!(!a.ok, "{kind} {addr} {port} from {ns} unexpectedly worked: {}", a.detail);
+    assert!(
+        !a.ok,
+        "{kind} {addr} {port} from {ns} unexpectedly worked: {}",
+        a.detail
+    );
     assert!(
         a.seconds < 1.0,
         "{kind} {addr} {port} from {ns} took {}s to fail: {}",
@@ -387,7 +446,11 @@ impl Server {
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
-        assert_eq!(line.trim(), "ready", "server {addr}:{port} in {ns} did not start");
+        assert_eq!(
+            line.trim(),
+            "ready",
+            "server {addr}:{port} in {ns} did not start"
+        );
         Server(child)
     }
 }
