@@ -201,7 +201,13 @@ impl Running {
         };
         // Wait for the child's root (and terminal) to be ready.
         match running.expect(msg::MOUNTED) {
-            Ok(fd) => running.master = fd,
+            Ok(fd) => {
+                // Size the sandbox's terminal before anything in it runs.
+                if let Some(m) = &fd {
+                    terminal::copy_window_size(terminal::size_source(), m.as_fd());
+                }
+                running.master = fd;
+            }
             Err(e) => {
                 running.kill();
                 return Err(e);
