@@ -196,15 +196,14 @@ fn create_session(c: &Checked) -> Result<Session> {
     )
 }
 
-fn run(
-    args: &EnterArgs,
-    c: &Checked,
-    session: &mut Session,
-    timings: &mut Timings,
-) -> Result<i32> {
+fn run(args: &EnterArgs, c: &Checked, session: &mut Session, timings: &mut Timings) -> Result<i32> {
     // Prepare the sandbox home as the user: skeleton files, then ~/.claude.
     let (_, home_fd) = home::open_sandbox_home(&c.config.state_dir, &c.identity)?;
-    home::install_skeleton_files(&c.identity, &c.config.skeleton.join("home"), home_fd.as_fd())?;
+    home::install_skeleton_files(
+        &c.identity,
+        &c.config.skeleton.join("home"),
+        home_fd.as_fd(),
+    )?;
     let refreshed = home::refresh(&c.identity, home_fd.as_fd())?;
     if args.verbose {
         eprintln!(

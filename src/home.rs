@@ -138,12 +138,7 @@ fn ensure_dir(parent: BorrowedFd<'_>, name: &OsStr, mode: u32) -> Result<OwnedFd
     open_dir(Some(parent), name).with_context(|| format!("open {name:?}"))
 }
 
-fn copy_tree(
-    src: &OwnedFd,
-    dst: &OwnedFd,
-    rel: &Path,
-    report: &mut RefreshReport,
-) -> Result<()> {
+fn copy_tree(src: &OwnedFd, dst: &OwnedFd, rel: &Path, report: &mut RefreshReport) -> Result<()> {
     let dup = nix::unistd::dup(src).context("dup")?;
     let mut dir = Dir::from_fd(dup).context("read directory")?;
     let mut names: Vec<OsString> = Vec::new();
@@ -194,8 +189,14 @@ fn copy_tree(
                     .read_to_end(&mut contents)
                     .with_context(|| format!("read {}", path.display()))?;
                 let mtime = TimeSpec::new(st.st_mtime, st.st_mtime_nsec);
-                replace_file(dst.as_fd(), &name, &contents, st.st_mode & 0o777, Some(mtime))
-                    .with_context(|| format!("write {}", path.display()))?;
+                replace_file(
+                    dst.as_fd(),
+                    &name,
+                    &contents,
+                    st.st_mode & 0o777,
+                    Some(mtime),
+                )
+                .with_context(|| format!("write {}", path.display()))?;
                 report.copied.push(path);
             }
             SFlag::S_IFLNK => {
@@ -206,9 +207,7 @@ fn copy_tree(
                         .with_context(|| format!("symlink {}", path.display()))?;
                     report.copied.push(path);
                 } else {
-                    report
-                        .skipped
-                        .push((path, "symlink outside the Nix store"));
+                    report.skipped.push((path, "symlink outside the Nix store"));
                 }
             }
             _ => report.skipped.push((path, "not a regular file")),

@@ -286,14 +286,21 @@ fn attach_tree(tree: RawFd, target: &Path) -> Result<()> {
 /// Refuse targets with `..` or symlinks on the way: nothing may redirect a mount.
 fn check_target(target: &Path) -> Result<()> {
     if !target.is_absolute() || target.components().any(|c| c == Component::ParentDir) {
-        bail!("mount target {} must be absolute without ..", target.display());
+        bail!(
+            "mount target {} must be absolute without ..",
+            target.display()
+        );
     }
     let mut p = PathBuf::from("/");
     for c in target.components().skip(1) {
         p.push(c);
         match lstat(&p) {
             Ok(st) if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFLNK => {
-                bail!("mount target {} goes through symlink {}", target.display(), p.display())
+                bail!(
+                    "mount target {} goes through symlink {}",
+                    target.display(),
+                    p.display()
+                )
             }
             _ => {}
         }
@@ -355,8 +362,7 @@ pub fn build_root(new_root: &Path, steps: &[Step]) -> Result<()> {
         Some("mode=0755"),
     )
     .with_context(|| format!("mount tmpfs on {}", new_root.display()))?;
-    std::env::set_current_dir(new_root)
-        .with_context(|| format!("chdir {}", new_root.display()))?;
+    std::env::set_current_dir(new_root).with_context(|| format!("chdir {}", new_root.display()))?;
     std::fs::create_dir("oldroot").context("mkdir oldroot in the new root")?;
     nix::unistd::pivot_root(".", "oldroot").context("pivot_root into the new root")?;
     std::env::set_current_dir("/").context("chdir /")?;
@@ -472,4 +478,3 @@ fn run_step(step: &Step) -> Result<()> {
     }
     Ok(())
 }
-

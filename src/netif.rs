@@ -8,6 +8,25 @@ use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
 nix::ioctl_read_bad!(siocgifflags, libc::SIOCGIFFLAGS, libc::ifreq);
 nix::ioctl_write_ptr_bad!(siocsifflags, libc::SIOCSIFFLAGS, libc::ifreq);
 
+/// Make IPv6 addresses usable at once in this network namespace.
+///
+/// pasta adds its addresses right before the agent starts; with duplicate address
+/// detection they would stay tentative for a second or more, and IPv6 connections would
+/// fail meanwhile. The namespace has a single link to pasta, so there is nothing to detect.
+/// These sysctls are per network namespace: the host's are untouched.
+pub fn skip_duplicate_address_detection() -> Result<()> {
+    for scope in ["all", "default"] {
+        let path = format!("/proc/sys/net/ipv6/conf/{scope}/accept_dad");
+        match std::fs::write(&path, "0") {
+            Ok(()) => {}
+            // A kernel without IPv6 has nothing to configure.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("write 0 to {path}")),
+        }
+    }
+    Ok(())
+}
+
 /// Set `lo` up in the current network namespace.
 pub fn loopback_up() -> Result<()> {
     let sock = socket(

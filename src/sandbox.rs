@@ -95,8 +95,11 @@ fn send(sock: BorrowedFd<'_>, tag: u8, payload: &[u8], fd: Option<RawFd>) -> nix
     sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsgs, MsgFlags::empty(), None).map(drop)
 }
 
+/// A message: its tag, its payload and the descriptor it carried.
+type Message = (u8, Vec<u8>, Option<OwnedFd>);
+
 /// Receive one message; `None` when the other side is gone.
-fn recv(sock: BorrowedFd<'_>) -> nix::Result<Option<(u8, Vec<u8>, Option<OwnedFd>)>> {
+fn recv(sock: BorrowedFd<'_>) -> nix::Result<Option<Message>> {
     let mut buf = vec![0u8; 4096];
     let mut cmsg = nix::cmsg_space!(RawFd);
     let (n, fd) = {
@@ -142,7 +145,9 @@ pub fn ensure_single_threaded() -> Result<()> {
         .map(|v| v.trim().to_string())
         .unwrap_or_default();
     if threads != "1" {
-        bail!("the activator must be single-threaded before creating namespaces ({threads} threads)");
+        bail!(
+            "the activator must be single-threaded before creating namespaces ({threads} threads)"
+        );
     }
     Ok(())
 }
@@ -286,7 +291,9 @@ impl Running {
         let _raw = match (&master, terminal::is_tty(0)) {
             (Some(_), true) => {
                 // SAFETY: fd 0 is open for the whole run.
-                Some(terminal::RawMode::enter(unsafe { BorrowedFd::borrow_raw(0) })?)
+                Some(terminal::RawMode::enter(unsafe {
+                    BorrowedFd::borrow_raw(0)
+                })?)
             }
             _ => None,
         };
@@ -312,7 +319,9 @@ impl Running {
                 Some(d) => {
                     let left = d.saturating_duration_since(Instant::now());
                     if left.is_zero() {
-                        eprint!("\r\nclaude-chroot: the session did not end after a signal; killing it\r\n");
+                        eprint!(
+                            "\r\nclaude-chroot: the session did not end after a signal; killing it\r\n"
+                        );
                         self.kill();
                         continue;
                     }
@@ -454,6 +463,7 @@ fn child_setup(launch: &Launch, sock: BorrowedFd<'_>) -> Result<ChildSetup> {
 
     nix::unistd::sethostname(&launch.hostname).context("sethostname")?;
     crate::netif::loopback_up().context("bring up loopback in the sandbox")?;
+    crate::netif::skip_duplicate_address_detection()?;
 
     // Build the root and switch to it.
     mounts::build_root(&launch.new_root, &launch.steps)?;
@@ -465,8 +475,13 @@ fn child_setup(launch: &Launch, sock: BorrowedFd<'_>) -> Result<ChildSetup> {
     } else {
         (None, None)
     };
-    send(sock, msg::MOUNTED, &[], master.as_ref().map(|m| m.as_raw_fd()))
-        .context("report to the activator")?;
+    send(
+        sock,
+        msg::MOUNTED,
+        &[],
+        master.as_ref().map(|m| m.as_raw_fd()),
+    )
+    .context("report to the activator")?;
     drop(master);
 
     // Wait until the parent has set up the network.
@@ -530,7 +545,12 @@ fn init(launch: &Launch, sock: BorrowedFd<'_>, setup: ChildSetup) -> isize {
         Ok(nix::unistd::ForkResult::Child) => agent(launch, setup.slave),
         Ok(nix::unistd::ForkResult::Parent { child }) => child,
         Err(e) => {
-            let _ = send(sock, msg::ERROR, format!("fork the agent: {e}").as_bytes(), None);
+            let _ = send(
+                sock,
+                msg::ERROR,
+                format!("fork the agent: {e}").as_bytes(),
+                None,
+            );
             return 125;
         }
     };
@@ -567,7 +587,9 @@ fn init(launch: &Launch, sock: BorrowedFd<'_>, setup: ChildSetup) -> isize {
         if sock_ready {
             match recv(sock) {
                 Ok(Some((msg::SIGNAL, payload, _))) => {
-                    if let Some(sig) = payload.first().and_then(|&s| Signal::try_from(s as i32).ok())
+                    if let Some(sig) = payload
+                        .first()
+                        .and_then(|&s| Signal::try_from(s as i32).ok())
                     {
                         let _ = kill(agent, sig);
                     }
@@ -659,7 +681,9 @@ fn resolve(command: &CString, path: &str) -> Option<CString> {
     }
     for dir in path.split(':').filter(|d| !d.is_empty()) {
         let candidate = format!("{dir}/{}", command.to_string_lossy());
-        let Ok(c) = CString::new(candidate) else { continue };
+        let Ok(c) = CString::new(candidate) else {
+            continue;
+        };
         // SAFETY: c is a valid C string.
         if unsafe { libc::access(c.as_ptr(), libc::X_OK) } == 0 {
             return Some(c);

@@ -79,6 +79,8 @@ const NAMESPACE_FLAGS: &[u64] = &[
 ];
 
 /// ioctl requests refused: faking terminal input, and the Linux console's own.
+// The request type is `c_ulong` or `c_int` depending on the C library.
+#[allow(clippy::unnecessary_cast)]
 const DENIED_IOCTLS: &[u64] = &[libc::TIOCSTI as u64, libc::TIOCLINUX as u64];
 
 fn arch() -> Result<TargetArch> {
@@ -116,8 +118,13 @@ fn deny_filter() -> Result<BpfProgram> {
         .iter()
         .map(|&req| {
             // The request is an unsigned int: compare the low 32 bits only.
-            SeccompRule::new(vec![cond(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, req)?])
-                .context("seccomp rule")
+            SeccompRule::new(vec![cond(
+                1,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::Eq,
+                req,
+            )?])
+            .context("seccomp rule")
         })
         .collect::<Result<Vec<_>>>()?;
     rules.insert(libc::SYS_ioctl, ioctl_rules);
@@ -159,7 +166,12 @@ fn refuse_x32(program: &mut BpfProgram) {
     let check = [
         ins(BPF_LD_W_ABS, 0, 0, 0), // seccomp_data.nr
         ins(BPF_JGE_K, 0, 1, X32_SYSCALL_BIT),
-        ins(BPF_RET_K, 0, 0, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
+        ins(
+            BPF_RET_K,
+            0,
+            0,
+            libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+        ),
     ];
     program.splice(3..3, check);
 }

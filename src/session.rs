@@ -70,7 +70,10 @@ pub fn prepare_state_dir(state_dir: &Path) -> Result<()> {
 fn check_root_owned_dir(dir: &Path) -> Result<()> {
     let md = fs::symlink_metadata(dir).with_context(|| format!("cannot stat {}", dir.display()))?;
     if !md.file_type().is_dir() {
-        bail!("{} must be a directory, not a symlink or file", dir.display());
+        bail!(
+            "{} must be a directory, not a symlink or file",
+            dir.display()
+        );
     }
     if md.uid() != 0 || md.mode() & 0o022 != 0 {
         bail!(
@@ -130,7 +133,8 @@ impl Session {
     pub fn save(&self) -> Result<()> {
         let path = self.dir.join("session.json");
         let tmp = self.dir.join("session.json.tmp");
-        let mut f = File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+        let mut f =
+            File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
         serde_json::to_writer_pretty(&mut f, &self.info)?;
         f.write_all(b"\n")?;
         f.sync_all()?;
@@ -174,8 +178,9 @@ fn remove_session_dir(dir: &Path, info: &SessionInfo) -> Result<()> {
     }
     for path in &info.immutable {
         if path.exists() {
-            immutable::set(path, false)
-                .with_context(|| format!("cannot clear the immutable flag of {}", path.display()))?;
+            immutable::set(path, false).with_context(|| {
+                format!("cannot clear the immutable flag of {}", path.display())
+            })?;
         }
     }
     fs::remove_dir_all(dir).with_context(|| format!("cannot remove {}", dir.display()))

@@ -30,26 +30,31 @@ pub struct Chosen {
 pub fn choose(settings: &ManagedSettings, identity: &Identity) -> Result<Chosen> {
     if let Some(home) = &identity.host_home {
         let custom = home.join(&settings.custom);
-        let read = identity.run_as(|| match open(
-            &custom,
-            OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
-            Mode::empty(),
-        ) {
-            Ok(fd) => {
-                let mut f = std::fs::File::from(fd);
-                let md = f.metadata()?;
-                if !md.is_file() {
-                    bail!("custom managed settings {} is not a regular file", custom.display());
+        let read = identity.run_as(|| {
+            match open(
+                &custom,
+                OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+                Mode::empty(),
+            ) {
+                Ok(fd) => {
+                    let mut f = std::fs::File::from(fd);
+                    let md = f.metadata()?;
+                    if !md.is_file() {
+                        bail!(
+                            "custom managed settings {} is not a regular file",
+                            custom.display()
+                        );
+                    }
+                    let mut contents = Vec::new();
+                    f.by_ref().take(MAX_SIZE + 1).read_to_end(&mut contents)?;
+                    Ok(Some(contents))
                 }
-                let mut contents = Vec::new();
-                f.by_ref().take(MAX_SIZE + 1).read_to_end(&mut contents)?;
-                Ok(Some(contents))
+                Err(Errno::ENOENT) => Ok(None),
+                Err(e) => Err(anyhow::anyhow!(
+                    "cannot read custom managed settings {}: {e}",
+                    custom.display()
+                )),
             }
-            Err(Errno::ENOENT) => Ok(None),
-            Err(e) => Err(anyhow::anyhow!(
-                "cannot read custom managed settings {}: {e}",
-                custom.display()
-            )),
         })?;
         if let Some(contents) = read {
             validate(&contents)
@@ -60,8 +65,12 @@ pub fn choose(settings: &ManagedSettings, identity: &Identity) -> Result<Chosen>
             });
         }
     }
-    let contents = std::fs::read(&settings.default)
-        .with_context(|| format!("cannot read managed settings {}", settings.default.display()))?;
+    let contents = std::fs::read(&settings.default).with_context(|| {
+        format!(
+            "cannot read managed settings {}",
+            settings.default.display()
+        )
+    })?;
     validate(&contents)
         .with_context(|| format!("managed settings {}", settings.default.display()))?;
     Ok(Chosen {
@@ -75,8 +84,13 @@ fn validate(contents: &[u8]) -> Result<()> {
         bail!("is larger than {MAX_SIZE} bytes");
     }
     // Report only the position of a syntax error, never the contents.
-    let value: serde_json::Value = serde_json::from_slice(contents)
-        .map_err(|e| anyhow::anyhow!("is not valid JSON (line {}, column {})", e.line(), e.column()))?;
+    let value: serde_json::Value = serde_json::from_slice(contents).map_err(|e| {
+        anyhow::anyhow!(
+            "is not valid JSON (line {}, column {})",
+            e.line(),
+            e.column()
+        )
+    })?;
     if !value.is_object() {
         bail!("must be a JSON object");
     }

@@ -62,7 +62,10 @@ impl Workspace {
         let path = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
             .with_context(|| format!("cannot resolve workspace {}", arg.display()))?;
         if path == Path::new("/") {
-            bail!("workspace {} is /: choose a project directory", arg.display());
+            bail!(
+                "workspace {} is /: choose a project directory",
+                arg.display()
+            );
         }
         for (p, what, inside) in forbidden(state_dir, identity.host_home.as_deref()) {
             let contains = p.starts_with(&path);

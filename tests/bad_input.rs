@@ -13,7 +13,9 @@ fn state_listing(f: &Fixture) -> Vec<String> {
     let mut out = Vec::new();
     let mut stack = vec![f.state.clone()];
     while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in entries {
             let p = e.unwrap().path();
             out.push(p.display().to_string());
@@ -33,8 +35,16 @@ fn refused(f: &Fixture, needle: &str, start: impl FnOnce() -> Output) {
     let before = state_listing(f);
     let out = start();
     assert_refused(f, &out, needle);
-    assert_eq!(f.state.exists(), existed, "state directory created by a refused start");
-    assert_eq!(state_listing(f), before, "a refused start changed the state directory");
+    assert_eq!(
+        f.state.exists(),
+        existed,
+        "state directory created by a refused start"
+    );
+    assert_eq!(
+        state_listing(f),
+        before,
+        "a refused start changed the state directory"
+    );
 }
 
 fn assert_refused(_f: &Fixture, out: &Output, needle: &str) {
@@ -91,9 +101,14 @@ fn a_workspace_the_user_cannot_reach_is_refused() {
     let root_only = f.dir.path().join("root-only");
     std::fs::create_dir(&root_only).unwrap();
     std::fs::create_dir(root_only.join("project")).unwrap();
-    std::fs::set_permissions(&root_only, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-        .unwrap();
-    refused(&f, "is not accessible to uid", || enter(&f, a, &root_only.join("project")));
+    std::fs::set_permissions(
+        &root_only,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    refused(&f, "is not accessible to uid", || {
+        enter(&f, a, &root_only.join("project"))
+    });
 }
 
 #[test]
@@ -146,7 +161,12 @@ fn not_running_as_root_is_refused() {
     let ws = f.workspace("ws", a);
     refused(&f, "must run as root", || {
         std::process::Command::new("setpriv")
-            .args(["--reuid", &a.uid.to_string(), "--regid", &a.gid().to_string()])
+            .args([
+                "--reuid",
+                &a.uid.to_string(),
+                "--regid",
+                &a.gid().to_string(),
+            ])
             .args(["--clear-groups", BIN, "enter", "--no-network", "--config"])
             .arg(&f.config)
             .arg(&ws)

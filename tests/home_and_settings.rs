@@ -34,7 +34,13 @@ fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
                 stack.push(p);
                 out.push((rel, vec![]));
             } else if md.file_type().is_symlink() {
-                out.push((rel, std::fs::read_link(&p).unwrap().into_os_string().into_encoded_bytes()));
+                out.push((
+                    rel,
+                    std::fs::read_link(&p)
+                        .unwrap()
+                        .into_os_string()
+                        .into_encoded_bytes(),
+                ));
             } else {
                 out.push((rel, std::fs::read(&p).unwrap()));
             }
@@ -51,7 +57,11 @@ fn claude_dir_is_copied_in_changes_persist_and_the_host_copy_is_untouched() {
     reset_home(u);
     let f = Fixture::new();
     let ws = f.workspace("ws", u);
-    write_as(u, &u.home().join(".claude/settings.json"), "{\"host\": 1}\n");
+    write_as(
+        u,
+        &u.home().join(".claude/settings.json"),
+        "{\"host\": 1}\n",
+    );
     write_as(u, &u.home().join(".claude/projects/p/notes.md"), "notes\n");
     let before = tree(&u.home().join(".claude"));
 
@@ -63,7 +73,11 @@ fn claude_dir_is_copied_in_changes_persist_and_the_host_copy_is_untouched() {
          rm ~/.claude/settings.json",
     ));
     assert_eq!(out, "{\"host\": 1}\nnotes\n");
-    assert_eq!(tree(&u.home().join(".claude")), before, "host ~/.claude changed");
+    assert_eq!(
+        tree(&u.home().join(".claude")),
+        before,
+        "host ~/.claude changed"
+    );
 
     // The next session sees its own changes; a file deleted inside comes back from the host.
     let out = ok(&f.run(
@@ -98,7 +112,11 @@ fn symlinks_in_claude_dir_copy_and_reveal_nothing() {
     ));
     assert!(!out.contains(&shadow_line()), "{out}");
     assert!(!out.contains("PRIVATE KEY"), "{out}");
-    assert!(!out.lines().any(|l| l == "shadow" || l == "key" || l == "sshdir"), "{out}");
+    assert!(
+        !out.lines()
+            .any(|l| l == "shadow" || l == "key" || l == "sshdir"),
+        "{out}"
+    );
     let _ = std::fs::remove_dir_all(u.home().join(".ssh"));
     reset_home(u);
 }
@@ -146,7 +164,11 @@ fn custom_managed_settings_win_over_the_default() {
     let f = Fixture::new();
     let ws = f.workspace("ws", u);
     let custom = "{\"permissions\": {\"deny\": [\"Bash(custom:*)\"]}}\n";
-    write_as(u, &u.home().join(".config/claude-chroot/managed-settings.json"), custom);
+    write_as(
+        u,
+        &u.home().join(".config/claude-chroot/managed-settings.json"),
+        custom,
+    );
     let out = ok(&f.run(u, &ws, "cat /etc/claude-code/managed-settings.json"));
     assert_eq!(out, custom);
     reset_home(u);

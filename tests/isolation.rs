@@ -22,7 +22,10 @@ fn workspace_is_writable_and_new_files_belong_to_the_user() {
     assert_eq!(out.trim(), "from the host");
     let md = std::fs::metadata(ws.join("sub/new.txt")).unwrap();
     assert_eq!((md.uid(), md.gid()), (a.uid, a.gid()));
-    assert_eq!(std::fs::read_to_string(ws.join("sub/new.txt")).unwrap(), "inside\n");
+    assert_eq!(
+        std::fs::read_to_string(ws.join("sub/new.txt")).unwrap(),
+        "inside\n"
+    );
 }
 
 #[test]
@@ -53,13 +56,34 @@ fn host_files_outside_the_mount_list_are_absent() {
         .collect::<Vec<_>>()
         .join("; ");
     let out = ok(&f.run(a, &ws, &format!("{script}; ls -A /home; ls -A /")));
-    assert!(!out.contains("PRESENT"), "host paths visible inside:\n{out}");
+    assert!(
+        !out.contains("PRESENT"),
+        "host paths visible inside:\n{out}"
+    );
     let mut lines = out.lines();
-    assert_eq!(lines.next(), Some("claude"), "only the sandbox home is under /home");
+    assert_eq!(
+        lines.next(),
+        Some("claude"),
+        "only the sandbox home is under /home"
+    );
     let root: Vec<&str> = lines.collect();
     assert_eq!(
         root,
-        ["bin", "dev", "etc", "home", "lib", "lib64", "proc", "run", "sbin", "tmp", "usr", "var", "workspace"],
+        [
+            "bin",
+            "dev",
+            "etc",
+            "home",
+            "lib",
+            "lib64",
+            "proc",
+            "run",
+            "sbin",
+            "tmp",
+            "usr",
+            "var",
+            "workspace"
+        ],
         "/ holds exactly the mount list"
     );
 }
@@ -157,8 +181,21 @@ fn user_keyring_of_the_invoking_user_is_unreachable() {
     let ws = f.workspace("ws", a);
     // Put a key in the user's keyring on the host, as the user.
     let added = std::process::Command::new("setpriv")
-        .args(["--reuid", &a.uid.to_string(), "--regid", &a.gid().to_string()])
-        .args(["--clear-groups", "keyctl", "add", "user", "ccr-secret", "s3cr3t", "@u"])
+        .args([
+            "--reuid",
+            &a.uid.to_string(),
+            "--regid",
+            &a.gid().to_string(),
+        ])
+        .args([
+            "--clear-groups",
+            "keyctl",
+            "add",
+            "user",
+            "ccr-secret",
+            "s3cr3t",
+            "@u",
+        ])
         .output()
         .unwrap();
     let id = ok(&added).trim().to_string();
@@ -168,7 +205,9 @@ fn user_keyring_of_the_invoking_user_is_unreachable() {
         &format!("keyctl print {id} 2>&1; keyctl show @u 2>&1; keyctl request user ccr-secret 2>&1; echo end"),
     );
     let text = ok(&out);
-    let _ = std::process::Command::new("keyctl").args(["unlink", &id]).output();
+    let _ = std::process::Command::new("keyctl")
+        .args(["unlink", &id])
+        .output();
     assert!(!text.contains("s3cr3t"), "key readable inside:\n{text}");
     assert!(text.contains("Operation not permitted"), "{text}");
     assert!(text.ends_with("end\n"));
@@ -181,7 +220,12 @@ fn only_sandbox_processes_are_visible_and_host_processes_cannot_be_signalled() {
     let ws = f.workspace("ws", a);
     // A host process of the same user, which the agent would otherwise be allowed to signal.
     let mut host = std::process::Command::new("setpriv")
-        .args(["--reuid", &a.uid.to_string(), "--regid", &a.gid().to_string()])
+        .args([
+            "--reuid",
+            &a.uid.to_string(),
+            "--regid",
+            &a.gid().to_string(),
+        ])
         .args(["--clear-groups", "sleep", "30"])
         .spawn()
         .unwrap();
@@ -207,7 +251,10 @@ fn only_sandbox_processes_are_visible_and_host_processes_cannot_be_signalled() {
         .map(|p| p.parse().unwrap())
         .collect();
     // init, the shell, and the pipeline's own processes: all small numbers.
-    assert!(pids.contains(&1) && pids.iter().all(|&p| p < 20), "pids: {pids:?}");
+    assert!(
+        pids.contains(&1) && pids.iter().all(|&p| p < 20),
+        "pids: {pids:?}"
+    );
     assert!(!out.contains("SIGNALLED"), "{out}");
     assert_eq!(lines.next(), Some("alive"));
 }
@@ -237,7 +284,9 @@ fn managed_settings_inside_are_the_default_and_cannot_be_changed() {
     std::fs::write(ws.join("fake.json"), "{}").unwrap();
     let out = ok(&f.run(a, &ws, &format!("{script}; cat {s}")));
     assert!(!out.contains("CHANGED"), "{out}");
-    let default = f.files["etc/claude-code/managed-settings.json"].as_str().unwrap();
+    let default = f.files["etc/claude-code/managed-settings.json"]
+        .as_str()
+        .unwrap();
     assert_eq!(out, default);
     let parsed: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(!parsed["permissions"]["deny"].as_array().unwrap().is_empty());

@@ -13,7 +13,11 @@ use nix::unistd::Pid;
 fn wait_for(path: &Path) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !path.exists() {
-        assert!(Instant::now() < deadline, "{} never appeared", path.display());
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -58,7 +62,9 @@ fn exit_status_and_signals_propagate() {
     assert_eq!(nf.status.code(), Some(127));
     assert!(stderr(&nf).contains("no-such-command-xyz: command not found"));
     assert_eq!(
-        f.run_args(a, &["--no-network"], &ws, &["true"]).status.code(),
+        f.run_args(a, &["--no-network"], &ws, &["true"])
+            .status
+            .code(),
         Some(0),
         "a command without a slash is found on the sandbox's PATH"
     );
@@ -81,9 +87,17 @@ fn sigterm_to_the_activator_ends_the_session_cleanly() {
     let t = Instant::now();
     kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(t.elapsed() < Duration::from_secs(4), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        t.elapsed()
+    );
     assert_eq!(out.status.code(), Some(128 + 15), "{}", stderr(&out));
-    assert!(processes_with(&marker).is_empty(), "{:?}", processes_with(&marker));
+    assert!(
+        processes_with(&marker).is_empty(),
+        "{:?}",
+        processes_with(&marker)
+    );
     assert!(f.sessions().is_empty());
 }
 
@@ -96,8 +110,16 @@ fn a_normal_exit_leaves_nothing_behind() {
     // A background process that would outlive the shell if the session did not end it.
     let out = f.run(a, &ws, &format!("({marker} &) ; echo started"));
     assert_eq!(ok(&out), "started\n");
-    assert!(processes_with(&marker).is_empty(), "{:?}", processes_with(&marker));
-    assert!(f.sessions().is_empty(), "session state left: {:?}", f.sessions());
+    assert!(
+        processes_with(&marker).is_empty(),
+        "{:?}",
+        processes_with(&marker)
+    );
+    assert!(
+        f.sessions().is_empty(),
+        "session state left: {:?}",
+        f.sessions()
+    );
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(&f.state.display().to_string()));
     // The sandbox home stays (it is persistent); nothing else does.
@@ -115,7 +137,12 @@ fn killing_the_activator_kills_the_agent_and_cleanup_removes_the_rest() {
     let a = ALICE.ensure();
     let ws = f.workspace("ws", a);
     let marker = format!("sleep 5{}", std::process::id() % 1000 + 1000);
-    let mut child = spawn(&f, a, &ws, &format!("{marker} & touch /workspace/started; wait"));
+    let mut child = spawn(
+        &f,
+        a,
+        &ws,
+        &format!("{marker} & touch /workspace/started; wait"),
+    );
     wait_for(&ws.join("started"));
     child.kill().unwrap();
     child.wait().unwrap();
@@ -137,7 +164,11 @@ fn killing_the_activator_kills_the_agent_and_cleanup_removes_the_rest() {
         .output()
         .unwrap();
     ok(&out);
-    assert!(stderr(&out).contains("removed dead session"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("removed dead session"),
+        "{}",
+        stderr(&out)
+    );
     assert!(f.sessions().is_empty());
 
     let out = f
@@ -167,11 +198,19 @@ fn cleanup_keeps_and_purge_refuses_a_live_session() {
     };
     let out = cleanup(false);
     ok(&out);
-    assert!(stderr(&out).contains("kept live session"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("kept live session"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(f.sessions().len(), 1);
     let out = cleanup(true);
     assert_eq!(out.status.code(), Some(125));
-    assert!(stderr(&out).contains("in use by session"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("in use by session"),
+        "{}",
+        stderr(&out)
+    );
     assert!(f.state.exists());
     kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
     child.wait_with_output().unwrap();
@@ -197,10 +236,7 @@ fn two_sessions_run_at_once_without_seeing_each_other() {
     let out = ok(&f.run(
         b,
         &ws_b,
-        &format!(
-            "ls /workspace; ls {} 2>/dev/null; id -u",
-            ws_a.display()
-        ),
+        &format!("ls /workspace; ls {} 2>/dev/null; id -u", ws_a.display()),
     ));
     assert_eq!(out, format!("b-only\n{}\n", b.uid));
     // Only now does the first session finish.
@@ -222,7 +258,10 @@ fn a_configured_uid_other_than_the_invokers_is_refused() {
     assert_eq!(out.status.code(), Some(125));
     assert!(!stdout(&out).contains("RAN"));
     let err = stderr(&out);
-    assert!(err.contains(&format!("configured for uid {}", a.uid)), "{err}");
+    assert!(
+        err.contains(&format!("configured for uid {}", a.uid)),
+        "{err}"
+    );
     assert!(err.contains(&format!("you are uid {}", b.uid)), "{err}");
     assert!(!f.state.exists(), "a refused start must not create state");
     // The configured user itself may start it.
@@ -237,7 +276,11 @@ fn without_a_configured_uid_the_agent_runs_as_the_invoker_and_root_gets_1000() {
     let ws = f.workspace("ws", b);
     assert_eq!(
         ok(&f.run(b, &ws, "id -u; id -g; grep ^claude: /etc/passwd")),
-        format!("{0}\n{1}\nclaude:x:{0}:{1}:claude:/home/claude:/bin/bash\n", b.uid, b.gid())
+        format!(
+            "{0}\n{1}\nclaude:x:{0}:{1}:claude:/home/claude:/bin/bash\n",
+            b.uid,
+            b.gid()
+        )
     );
     // Root starting it directly (no sudo variables) gets the default ids.
     let ws_root = f.dir.path().join("ws-root");

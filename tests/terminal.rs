@@ -116,7 +116,10 @@ PY
     for name in ["fd1", "fd2", "dev-tty"] {
         assert!(out.contains(&format!("{name} errno 1")), "{name}: {out}");
     }
-    assert!(out.contains("tty /dev/pts/0"), "the sandbox has its own terminal: {out}");
+    assert!(
+        out.contains("tty /dev/pts/0"),
+        "the sandbox has its own terminal: {out}"
+    );
     // Nothing is waiting to be read on the invoking terminal.
     let mut pending: libc::c_int = 0;
     // SAFETY: FIONREAD writes one int; the descriptor is open.

@@ -41,7 +41,12 @@ impl TestUser {
         if !exists {
             // Two test binaries may race to create the same user.
             let out = Command::new("useradd")
-                .args(["--create-home", "--uid", &self.uid.to_string(), "--user-group"])
+                .args([
+                    "--create-home",
+                    "--uid",
+                    &self.uid.to_string(),
+                    "--user-group",
+                ])
                 .args(["--shell", "/bin/bash", self.name])
                 .output()
                 .unwrap();
@@ -103,7 +108,10 @@ const HOST_BINDS: &str = r#"[
 pub fn nix_eval(expr: &str) -> serde_json::Value {
     let out = Command::new("nix-instantiate")
         .args(["--eval", "--strict", "--json", "--expr", expr])
-        .env("NIX_STATE_DIR", std::env::temp_dir().join("claude-chroot-test-nix"))
+        .env(
+            "NIX_STATE_DIR",
+            std::env::temp_dir().join("claude-chroot-test-nix"),
+        )
         .output()
         .expect("run nix-instantiate (install nix-bin)");
     assert!(
@@ -207,7 +215,12 @@ impl Fixture {
 
     /// `enter --no-network WORKSPACE -- sh -c SCRIPT` as `user`, stdin from /dev/null.
     pub fn run(&self, user: TestUser, workspace: &Path, script: &str) -> Output {
-        self.run_args(user, &["--no-network"], workspace, &["/bin/sh", "-c", script])
+        self.run_args(
+            user,
+            &["--no-network"],
+            workspace,
+            &["/bin/sh", "-c", script],
+        )
     }
 
     pub fn run_args(
