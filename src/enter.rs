@@ -14,7 +14,7 @@ use crate::mounts::{self, SessionMounts};
 use crate::sandbox::{Launch, Running};
 use crate::session::{self, Session};
 use crate::workspace::Workspace;
-use crate::{home, network, settings, terminal};
+use crate::{home, network, protect, settings, terminal};
 
 /// What the command line asks of `enter`.
 #[derive(Debug, Clone)]
@@ -227,6 +227,16 @@ fn run(args: &EnterArgs, c: &Checked, session: &mut Session, timings: &mut Timin
         .with_context(|| format!("cannot create {}", new_root.display()))?;
     timings.mark("state");
 
+    // Make the existing protected paths read-only; the others are compared at exit.
+    let protection = protect::prepare(
+        &c.identity,
+        c.workspace.fd.as_fd(),
+        &c.workspace.path,
+        &c.config.workspace.protected_paths,
+    )?;
+    for note in &protection.notes {
+        eprintln!("claude-chroot: {note}");
+    }
     let workspace_tree = mounts::detached_tree(c.workspace.fd.as_fd(), "workspace")?;
     let home_tree = mounts::detached_tree(home_fd.as_fd(), "sandbox home")?;
     let steps = mounts::plan(
@@ -238,7 +248,11 @@ fn run(args: &EnterArgs, c: &Checked, session: &mut Session, timings: &mut Timin
             group,
             hosts,
             managed_settings: managed,
-            protected: Vec::new(),
+            protected: protection
+                .binds
+                .iter()
+                .map(|(rel, fd, is_dir)| (rel.clone(), fd.as_raw_fd(), *is_dir))
+                .collect(),
         },
     );
     let launch = Launch {
@@ -294,8 +308,54 @@ fn run(args: &EnterArgs, c: &Checked, session: &mut Session, timings: &mut Timin
         .join("logs")
         .join(format!("{}.jsonl", session.id));
     network::write_log(&log, started, ended, &c.workspace.path, c.mode, &blocked)?;
+
+    // Report protected paths the session created or changed (and move new ones away).
+    let mut changes = protection.review(&c.identity, c.workspace.fd.as_fd())?;
+    if c.config.workspace.quarantine && changes.iter().any(|ch| ch.change == "created") {
+        let dir = quarantine_dir(&c.config.state_dir, &session.id, &c.identity)?;
+        protection.quarantine(&c.identity, c.workspace.fd.as_fd(), &mut changes, &dir)?;
+    }
+    eprint!("{}", protect::report(&changes));
+    if !changes.is_empty() {
+        append_json_line(&log, &serde_json::json!({ "review": changes }))?;
+    }
     timings.mark("report");
     Ok(status)
+}
+
+/// `stateDir/quarantine/ID`, owned by the user so that moves run with the user's rights.
+fn quarantine_dir(state_dir: &Path, id: &str, identity: &Identity) -> Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let base = state_dir.join("quarantine");
+    if !base.exists() {
+        std::fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&base)
+            .with_context(|| format!("cannot create {}", base.display()))?;
+    }
+    let dir = base.join(id);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    nix::unistd::chown(&dir, Some(identity.uid), Some(identity.gid))
+        .with_context(|| format!("chown {}", dir.display()))?;
+    Ok(dir)
+}
+
+fn append_json_line(path: &Path, value: &serde_json::Value) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut line = serde_json::to_vec(value)?;
+    line.push(b'\n');
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .and_then(|mut f| f.write_all(&line))
+        .with_context(|| format!("cannot write session log {}", path.display()))
 }
 
 fn mode_name(mode: NetworkMode) -> &'static str {

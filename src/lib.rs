@@ -16,6 +16,7 @@ pub mod netif;
 pub mod network;
 pub mod pasta;
 pub mod privileges;
+pub mod protect;
 pub mod sandbox;
 pub mod seccomp;
 pub mod session;
