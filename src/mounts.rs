@@ -478,3 +478,87 @@ fn run_step(step: &Step) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config::parse(
+            r#"{
+              "version": 1,
+              "stateDir": "/srv/claude-chroot",
+              "skeleton": "/nix/store/00000000000000000000000000000000-claude-chroot-skeleton",
+              "user": { "name": "claude", "uid": null, "gid": null, "home": "/home/claude" },
+              "mounts": [
+                { "source": "/nix", "target": "/nix" },
+                { "source": "/srv/cache", "target": "/cache", "writable": true, "optional": true }
+              ],
+              "environment": { "pass": ["TERM"], "set": { "PATH": "/bin" } },
+              "tools": { "shell": "/bin/bash", "nft": "/sbin/nft", "pasta": "/bin/pasta" },
+              "managedSettings": {
+                "default": "/etc/managed-settings.json",
+                "custom": ".config/claude-chroot/managed-settings.json"
+              },
+              "network": {
+                "mode": "allowlist", "allowlistFile": null, "domains": [], "tcpPorts": [443],
+                "udpPorts": [], "nameservers": [], "resolveTimeoutMs": 1000
+              },
+              "workspace": { "protectedPaths": [".git/config"], "quarantine": false }
+            }"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn mount_plan_matches_snapshot() {
+        let session = Path::new("/srv/claude-chroot/sessions/1-0");
+        let steps = plan(
+            &config(),
+            &SessionMounts {
+                workspace_fd: 10,
+                home_fd: 11,
+                passwd: session.join("passwd"),
+                group: session.join("group"),
+                hosts: session.join("hosts"),
+                managed_settings: session.join("managed-settings.json"),
+                protected: vec![(".git/config".into(), 12, false)],
+            },
+        );
+        insta::assert_json_snapshot!(steps);
+    }
+
+    #[test]
+    fn the_workspace_is_bound_before_the_protected_paths_over_it() {
+        let steps = plan(
+            &config(),
+            &SessionMounts {
+                workspace_fd: 10,
+                home_fd: 11,
+                passwd: "/p".into(),
+                group: "/g".into(),
+                hosts: "/h".into(),
+                managed_settings: "/m".into(),
+                protected: vec![(".git/config".into(), 12, false)],
+            },
+        );
+        let position = |target: &str| {
+            steps
+                .iter()
+                .position(|s| matches!(s, Step::Bind { target: t, .. } if t == Path::new(target)))
+                .unwrap()
+        };
+        assert!(position("/workspace") < position("/workspace/.git/config"));
+        assert!(position("/etc") < position("/etc/claude-code/managed-settings.json"));
+    }
+
+    #[test]
+    fn targets_through_symlinks_or_parent_components_are_refused() {
+        assert!(check_target(Path::new("/a/../etc")).is_err());
+        assert!(check_target(Path::new("relative")).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/", dir.path().join("link")).unwrap();
+        assert!(check_target(&dir.path().join("link/etc")).is_err());
+        assert!(check_target(&dir.path().join("plain")).is_ok());
+    }
+}
