@@ -286,8 +286,11 @@ fn run(args: &EnterArgs, c: &Checked, session: &mut Session, timings: &mut Timin
         c.allowlist.as_ref(),
         args.verbose,
     )?;
-    if let Some(pid) = net.pasta_pid() {
-        session.info.helpers.push(pid as u32);
+    if let Some(helper) = net
+        .pasta_pid()
+        .and_then(|pid| session::Helper::of(pid as u32))
+    {
+        session.info.helpers.push(helper);
         session.save()?;
     }
     timings.mark("network");

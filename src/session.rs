@@ -36,7 +36,33 @@ pub struct SessionInfo {
     pub immutable: Vec<PathBuf>,
     /// Processes the session started on the host side (pasta), killed by `cleanup`.
     #[serde(default)]
-    pub helpers: Vec<u32>,
+    pub helpers: Vec<Helper>,
+}
+
+/// A host-side process of a session, identified by pid and start time so that `cleanup`
+/// never kills an unrelated process that reused the pid.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Helper {
+    pub pid: u32,
+    /// Start time in clock ticks after boot (field 22 of /proc/PID/stat).
+    pub start: u64,
+}
+
+impl Helper {
+    /// Identify a running process; `None` if it is gone.
+    pub fn of(pid: u32) -> Option<Helper> {
+        Some(Helper {
+            pid,
+            start: start_time(pid)?,
+        })
+    }
+}
+
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces; fields after it are plain.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// A live session: its directory and the lock that marks it live.
@@ -173,8 +199,8 @@ impl Session {
 }
 
 fn remove_session_dir(dir: &Path, info: &SessionInfo) -> Result<()> {
-    for pid in &info.helpers {
-        kill_helper(*pid);
+    for helper in &info.helpers {
+        kill_helper(helper);
     }
     for path in &info.immutable {
         if path.exists() {
@@ -186,12 +212,11 @@ fn remove_session_dir(dir: &Path, info: &SessionInfo) -> Result<()> {
     fs::remove_dir_all(dir).with_context(|| format!("cannot remove {}", dir.display()))
 }
 
-/// Kill a host-side helper of a dead session, but only if it still is one of ours.
-fn kill_helper(pid: u32) {
-    let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-    if comm.trim() == "pasta" || comm.trim().starts_with("pasta.") {
+/// Kill a host-side helper of a dead session, but only if it still is the same process.
+fn kill_helper(helper: &Helper) {
+    if start_time(helper.pid) == Some(helper.start) {
         let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
+            nix::unistd::Pid::from_raw(helper.pid as i32),
             nix::sys::signal::Signal::SIGKILL,
         );
     }
@@ -289,4 +314,29 @@ pub fn cleanup(state_dir: &Path, purge: bool) -> Result<Vec<String>> {
         actions.push(format!("removed {}", state_dir.display()));
     }
     Ok(actions)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn a_helper_is_identified_by_pid_and_start_time() {
+        let me = Helper::of(std::process::id()).unwrap();
+        assert_eq!(start_time(me.pid), Some(me.start));
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let other = Helper::of(child.id()).unwrap();
+        // A different start time means a different process: it is left alone.
+        kill_helper(&Helper {
+            pid: other.pid,
+            start: other.start + 1,
+        });
+        assert!(child.try_wait().unwrap().is_none());
+        kill_helper(&other);
+        assert!(child.wait().unwrap().signal().is_some());
+    }
 }
