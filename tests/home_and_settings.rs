@@ -224,17 +224,20 @@ fn settings_copy_is_immutable_while_the_session_runs() {
         .args(["--", "/bin/sh", "-c", "touch /workspace/started; sleep 30"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let started = ws.join("started");
-    for _ in 0..100 {
-        if started.exists() {
-            break;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !started.exists() {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+            panic!("the session ended before starting ({status}): {err}");
         }
-        std::thread::sleep(Duration::from_millis(50));
+        assert!(std::time::Instant::now() < deadline, "the session did not start");
+        std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(started.exists());
     let sessions = f.sessions();
     assert_eq!(sessions.len(), 1);
     let copy = sessions[0].join("managed-settings.json");
