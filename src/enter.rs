@@ -80,6 +80,8 @@ struct Checked {
 pub fn enter(args: &EnterArgs) -> Result<i32> {
     let mut timings = Timings::new();
     let checked = check(args)?;
+    // From here on a terminating signal ends the session through teardown.
+    crate::sandbox::block_signals()?;
     timings.mark("checks");
     let mut session = create_session(&checked)?;
     let result = run(args, &checked, &mut session, &mut timings);

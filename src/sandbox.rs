@@ -135,6 +135,19 @@ fn recv(sock: BorrowedFd<'_>) -> nix::Result<Option<Message>> {
     Ok(Some((tag, buf, fd)))
 }
 
+/// Block the signals the activator handles itself, so that none arriving during setup
+/// kills it with state half made; they are read from a signalfd once the sandbox runs.
+pub fn block_signals() -> Result<SigSet> {
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGCHLD);
+    mask.add(Signal::SIGWINCH);
+    for s in FORWARDED {
+        mask.add(s);
+    }
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None).context("sigprocmask")?;
+    Ok(mask)
+}
+
 /// Refuse to clone when other threads exist: they would not follow into the child, and
 /// the parent's credential switches (`Identity::run_as`) assume a single thread.
 pub fn ensure_single_threaded() -> Result<()> {
@@ -166,13 +179,7 @@ impl Running {
 
         // Block the signals the parent handles, before the clone, so none is lost; the
         // child inherits the mask and sets its own.
-        let mut mask = SigSet::empty();
-        mask.add(Signal::SIGCHLD);
-        mask.add(Signal::SIGWINCH);
-        for s in FORWARDED {
-            mask.add(s);
-        }
-        sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None).context("sigprocmask")?;
+        let mask = block_signals()?;
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
             .context("signalfd")?;
 
