@@ -322,3 +322,55 @@ PY
         assert!(l.starts_with("refused"), "{out}");
     }
 }
+
+#[test]
+fn nix_is_read_only_but_its_daemon_socket_is_usable() {
+    let f = Fixture::new();
+    let a = ALICE.ensure();
+    let ws = f.workspace("ws", a);
+    // A stand-in for /nix: a store directory and a listening daemon socket.
+    let nix = f.dir.path().join("nix");
+    std::fs::create_dir_all(nix.join("store/abc-pkg")).unwrap();
+    std::fs::create_dir_all(nix.join("var/nix/daemon-socket")).unwrap();
+    let socket = nix.join("var/nix/daemon-socket/socket");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let server = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 4];
+        conn.read_exact(&mut buf).unwrap();
+        conn.write_all(b"pong").unwrap();
+        buf
+    });
+    let mut config = f.activate.clone();
+    config["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({ "source": nix, "target": "/nix" }));
+    let path = f.dir.path().join("with-nix.json");
+    std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
+    let script = r#"
+for t in /nix/store/new /nix/store/abc-pkg/new /nix/var/nix/new; do
+  (echo x > "$t") 2>/dev/null && echo "WROTE $t"
+done
+python3 -c '
+import socket
+s = socket.socket(socket.AF_UNIX)
+s.connect("/nix/var/nix/daemon-socket/socket")
+s.sendall(b"ping")
+print(s.recv(4).decode())
+'
+"#;
+    let out = f
+        .command(Some(a))
+        .args(["enter", "--no-network", "--config"])
+        .arg(&path)
+        .arg(&ws)
+        .args(["--", "/bin/sh", "-c", script])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(ok(&out), "pong\n");
+    assert_eq!(&server.join().unwrap(), b"ping");
+}
