@@ -11,31 +11,17 @@
   # The overlay's build when present, so the module and the packages share it.
   activator ? pkgs.claude-chroot-activate or (pkgs.callPackage ./package.nix { }),
 }:
-{
+options@{
   # The agent; null leaves it out (e.g. bring it through extraPackages).
   agentPackage ? pkgs.claude-code,
   # More tools on PATH inside.
   extraPackages ? [ ],
-  # Allowlist: names sync-ips resolves and the ports reachable on them.
-  domains ? null,
-  tcpPorts ? null,
-  udpPorts ? null,
-  # Nameservers sync-ips asks; empty means the host's resolv.conf.
-  nameservers ? [ ],
-  # Claude Code managed settings; null means the default deny list.
-  managedSettings ? null,
-  # Sandbox user: { name; uid; gid; home; }, all optional.
-  user ? { },
-  stateDir ? "/srv/claude-chroot",
-  protectedPaths ? null,
-  quarantine ? false,
-  # Extra variable names let in from the invoker, and variables set inside.
-  passEnv ? [ ],
-  environment ? { },
-  # Extra host binds: [ { source; target; writable ? false; optional ? false; } ].
-  extraMounts ? [ ],
   # nixpkgs for `<nixpkgs>` and the `nixpkgs` flake inside; null leaves both unset.
   nixpkgsPath ? pkgs.path,
+  # The rest (domains, ports, nameservers, managedSettings, user, stateDir,
+  # protectedPaths, quarantine, passEnv, environment, extraMounts) is taken,
+  # with its defaults and checks, by nix/sandbox-args.nix.
+  ...
 }:
 let
   render = import ./render.nix;
@@ -61,38 +47,24 @@ let
     pathsToLink = [ "/bin" ];
   };
 
-  network = lib.filterAttrs (_: v: v != null) {
-    inherit
-      domains
-      tcpPorts
-      udpPorts
-      nameservers
-      ;
-  };
-
-  rendered = render {
-    # Nix replaces the placeholder by the skeleton's own store path when it
-    # builds it, so activate.json can name the directory it lives in.
-    skeleton = builtins.placeholder "out";
-    inherit
-      stateDir
-      user
-      network
-      managedSettings
-      protectedPaths
-      quarantine
-      passEnv
-      environment
-      extraMounts
-      ;
-    nixpkgsPath = if nixpkgsPath == null then null else "${nixpkgsPath}";
-    tools = {
+  rendered = render (
+    import ./sandbox-args.nix {
+      # Nix replaces the placeholder by the skeleton's own store path when it
+      # builds it, so activate.json can name the directory it lives in.
+      skeleton = builtins.placeholder "out";
       shell = lib.getExe pkgs.bashInteractive;
       nft = lib.getExe pkgs.nftables;
       pasta = lib.getExe' pkgs.passt "pasta";
-    };
-    path = "${tools}/bin";
-  };
+      toolsBin = "${tools}/bin";
+      nixpkgsPath = if nixpkgsPath == null then null else "${nixpkgsPath}";
+    } (
+      removeAttrs options [
+        "agentPackage"
+        "extraPackages"
+        "nixpkgsPath"
+      ]
+    )
+  );
 
   skeleton =
     pkgs.runCommand "claude-chroot-skeleton"

@@ -345,3 +345,67 @@ fn nixos_module_evaluates_with_nixpkgs_lib() {
             .unwrap_or_else(|e| panic!("{case}: the activator rejects the module's config: {e:#}"));
     }
 }
+
+mod common;
+
+/// The default package's activate.json, rendered as nix/sandbox.nix does it, with
+/// stand-in store paths for what nixpkgs would build.
+fn default_package_activate() -> Value {
+    let store = "/nix/store/00000000000000000000000000000000";
+    let expr = format!(
+        r#"import {repo}/nix/render.nix (import {repo}/nix/sandbox-args.nix {{
+             skeleton = "{store}-claude-chroot-skeleton";
+             shell = "{store}-bash-interactive/bin/bash";
+             nft = "{store}-nftables/bin/nft";
+             pasta = "{store}-passt/bin/pasta";
+             toolsBin = "{store}-claude-chroot-tools/bin";
+             nixpkgsPath = "{store}-source";
+           }} {{ }})"#,
+        repo = repo().display()
+    );
+    common::nix_eval(&expr)["activate"].clone()
+}
+
+/// Drop what is a path on this machine: the store in the flake, temporary directories and
+/// host binds in the integration tests.
+fn without_paths(mut v: Value) -> Value {
+    for key in ["skeleton", "stateDir", "tools", "mounts"] {
+        v.as_object_mut().unwrap().remove(key);
+    }
+    v["managedSettings"]
+        .as_object_mut()
+        .unwrap()
+        .remove("default");
+    let set = v["environment"]["set"].as_object_mut().unwrap();
+    set.remove("PATH");
+    set.remove("NIX_PATH");
+    // Set exactly when /nix is mounted, which the fixture replaces by host binds.
+    set.remove("NIX_REMOTE");
+    v
+}
+
+#[test]
+fn default_package_config_differs_from_the_tested_one_only_in_paths() {
+    let default = default_package_activate();
+    Config::parse(&default.to_string())
+        .expect("the activator accepts the default package's config");
+    let tested = common::Fixture::new().activate.clone();
+    assert_eq!(
+        without_paths(default.clone()),
+        without_paths(tested.clone())
+    );
+    // And the paths are what the fixture stands in for: the store's /nix, and PATH into
+    // the tool environment.
+    assert_eq!(
+        default["mounts"],
+        serde_json::json!([{ "source": "/nix", "target": "/nix", "writable": false, "optional": false }])
+    );
+    assert!(
+        default["environment"]["set"]["PATH"]
+            .as_str()
+            .unwrap()
+            .ends_with("-claude-chroot-tools/bin")
+    );
+    assert_eq!(default["stateDir"], "/srv/claude-chroot");
+    assert_eq!(default["environment"]["set"]["NIX_REMOTE"], "daemon");
+}
