@@ -19,33 +19,46 @@
 //! - `--netns /proc/self/fd/N --no-netns-quit`: the namespace is passed as an inherited
 //!   descriptor, so pasta joins exactly the namespace we opened even if the PID behind the
 //!   caller's path is reused; pasta must not watch that path for deletion, we stop it.
+//! - `--foreground`: pasta stays our child, so the kernel can kill it when we die
+//!   (`PR_SET_PDEATHSIG`, prctl(2)); a daemonized pasta would outlive a SIGKILLed activator
+//!   until `cleanup` ran.
 //!
-//! Readiness: pasta forks into the background once it is set up and its first process exits
-//! with 0 (after writing `--pid`), so waiting for that exit is the readiness signal.
+//! Readiness: pasta configures the namespace's interface, addresses and routes first, then
+//! writes its PID file and closes it, then enters its event loop (the same point at which it
+//! would fork into the background without `--foreground`). We watch the PID file's directory
+//! with inotify(7) and the process with a pidfd, so we wake exactly when it is ready or dies.
 
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
 /// How long pasta gets to exit after SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
-/// A running pasta; `stop` (or drop) ends it and waits until it is gone.
+/// How long pasta may take to configure the namespace.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Name of the PID file in the scratch directory.
+const PID_FILE: &str = "pasta.pid";
+
+/// A running pasta, our child; `stop` (or drop) ends it and reaps it.
 #[derive(Debug)]
 pub struct Pasta {
     pid: i32,
-    pidfd: Option<OwnedFd>,
+    child: Option<Child>,
+    pidfd: OwnedFd,
 }
 
 /// The exact arguments given to pasta, for the namespace descriptor `netns_fd`.
 pub fn arguments(netns_fd: i32, pid_file: &Path) -> Vec<String> {
     let mut args: Vec<String> = [
         "--quiet",
+        "--foreground",
         "--runas",
         "0",
         "--netns-only",
@@ -98,17 +111,71 @@ impl Drop for ScratchDir {
     }
 }
 
+/// An inotify instance watching one directory for files written and closed.
+struct Watch(OwnedFd);
+
+impl Watch {
+    fn new(dir: &Path) -> Result<Watch> {
+        // SAFETY: inotify_init1 takes flags and returns a new descriptor or -1.
+        let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error()).context("inotify_init1");
+        }
+        // SAFETY: the kernel just returned this descriptor and nothing else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+            .context("scratch directory path contains a NUL byte")?;
+        // SAFETY: a valid descriptor and NUL-terminated path; the mask is a plain constant.
+        let wd =
+            unsafe { libc::inotify_add_watch(fd.as_raw_fd(), path.as_ptr(), libc::IN_CLOSE_WRITE) };
+        if wd < 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("inotify_add_watch {}", dir.display()));
+        }
+        Ok(Watch(fd))
+    }
+
+    /// Drain pending events; whether one of them names `file`.
+    fn saw(&self, file: &str) -> bool {
+        let mut buf = [0u8; 4096];
+        let mut found = false;
+        loop {
+            let n = match nix::unistd::read(&self.0, &mut buf) {
+                Ok(n) if n > 0 => n,
+                Err(nix::errno::Errno::EINTR) => continue,
+                _ => return found,
+            };
+            // Each event is a fixed header followed by `len` bytes of NUL-padded name.
+            let header = std::mem::size_of::<libc::inotify_event>();
+            let mut at = 0;
+            while at + header <= n {
+                let len = u32::from_ne_bytes(buf[at + 12..at + 16].try_into().expect("4 bytes"));
+                let name = &buf[at + header..(at + header + len as usize).min(n)];
+                let name = name.split(|&b| b == 0).next().unwrap_or_default();
+                found |= name == file.as_bytes();
+                at += header + len as usize;
+            }
+        }
+    }
+}
+
 /// Start `pasta` (absolute path) for the network namespace at `netns` (e.g.
 /// `/proc/PID/ns/net`); returns once pasta is ready.
+///
+/// pasta is killed by the kernel when the calling *thread* ends (`PR_SET_PDEATHSIG` follows
+/// the thread that forked it), so call this from a thread that outlives the session: the
+/// activator's main thread.
 pub fn start(pasta: &Path, netns: &Path, verbose: bool) -> Result<Pasta> {
     let ns = File::open(netns)
         .with_context(|| format!("cannot open network namespace {}", netns.display()))?;
     let ns_fd = ns.as_raw_fd();
     let scratch = ScratchDir::new()?;
-    let pid_file = scratch.0.join("pasta.pid");
+    let pid_file = scratch.0.join(PID_FILE);
     let log_path = scratch.0.join("pasta.log");
     let log =
         File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
+    // Watch before pasta starts, so its write of the PID file cannot be missed.
+    let watch = Watch::new(&scratch.0)?;
     let args = arguments(ns_fd, &pid_file);
     if verbose {
         eprintln!(
@@ -128,44 +195,136 @@ pub fn start(pasta: &Path, netns: &Path, verbose: bool) -> Result<Pasta> {
                 .context("cannot duplicate pasta's log descriptor")?,
         )
         .stderr(log);
-    // SAFETY: fcntl is async-signal-safe and touches only the namespace descriptor, which the
-    // parent keeps open (`ns`) until after spawn; clearing FD_CLOEXEC in the child only lets
-    // pasta inherit it.
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: every call below is async-signal-safe and touches only this child's own state
+    // and the namespace descriptor, which the parent keeps open (`ns`) until after spawn.
     unsafe {
         command.pre_exec(move || {
+            // The activator blocks the signals it forwards, and a blocked mask survives exec:
+            // pasta would never see our SIGTERM.
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // A session of its own: a ^C meant for the activator's process group must not
+            // cut the sandbox off before the activator has forwarded it.
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Die with the activator. If it already died, getppid shows the new parent and
+            // the death signal will never come: give up instead.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            // Let pasta inherit the namespace descriptor.
             if libc::fcntl(ns_fd, libc::F_SETFD, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
         });
     }
-    let status = command
-        .status()
+    let child = command
+        .spawn()
         .with_context(|| format!("cannot run {}", pasta.display()))?;
     drop(ns);
-    let output = std::fs::read_to_string(&log_path).unwrap_or_default();
-    if !status.success() {
-        bail!(
-            "{} failed to attach to {} ({status}): {}",
-            pasta.display(),
-            netns.display(),
-            output.trim()
-        );
-    }
-    if verbose && !output.trim().is_empty() {
-        eprintln!("claude-chroot: pasta: {}", output.trim());
+    // Our unreaped child: its PID cannot be reused, so the pidfd names exactly it.
+    let pidfd = match pidfd_open(child.id() as i32) {
+        Ok(fd) => fd,
+        Err(e) => {
+            let mut child = child;
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e).context("pidfd_open on pasta");
+        }
+    };
+    let mut pasta_proc = Pasta {
+        pid: child.id() as i32,
+        child: Some(child),
+        pidfd,
+    };
+
+    let ready = wait_ready(&pasta_proc.pidfd, &watch);
+    let output = || {
+        std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    match ready {
+        Ok(true) => {}
+        Ok(false) => {
+            let status = pasta_proc.reap();
+            bail!(
+                "{} failed to attach to {} ({status}): {}",
+                pasta.display(),
+                netns.display(),
+                output()
+            );
+        }
+        Err(e) => {
+            let _ = pasta_proc.stop_inner();
+            return Err(e.context(format!(
+                "{} did not get ready for {}: {}",
+                pasta.display(),
+                netns.display(),
+                output()
+            )));
+        }
     }
     let text = std::fs::read_to_string(&pid_file)
-        .with_context(|| format!("pasta started but wrote no PID file {}", pid_file.display()))?;
-    let pid: i32 = text
+        .with_context(|| format!("cannot read pasta's PID file {}", pid_file.display()))?;
+    let written: u32 = text
         .trim()
         .parse()
         .with_context(|| format!("pasta's PID file holds {:?}", text.trim()))?;
-    let pidfd = pidfd_open(pid).with_context(|| format!("pasta (PID {pid}) is not running"))?;
-    Ok(Pasta {
-        pid,
-        pidfd: Some(pidfd),
-    })
+    if written != pasta_proc.pid() as u32 {
+        bail!(
+            "pasta wrote PID {written} but runs as {}: did it fork into the background?",
+            pasta_proc.pid()
+        );
+    }
+    if verbose && !output().is_empty() {
+        eprintln!("claude-chroot: pasta: {}", output());
+    }
+    Ok(pasta_proc)
+}
+
+/// Wait until pasta has written its PID file (`true`) or has exited (`false`).
+fn wait_ready(pidfd: &OwnedFd, watch: &Watch) -> Result<bool> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            bail!("no PID file after {READY_TIMEOUT:?}");
+        }
+        let mut fds = [
+            PollFd::new(watch.0.as_fd(), PollFlags::POLLIN),
+            PollFd::new(pidfd.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(
+            &mut fds,
+            PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX),
+        ) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e).context("poll for pasta's readiness"),
+        }
+        let readable = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+        let (written, exited) = (readable(&fds[0]), readable(&fds[1]));
+        // The PID file first: pasta may have become ready and then failed, which the
+        // caller sees on its next use anyway.
+        if written && watch.saw(PID_FILE) {
+            return Ok(true);
+        }
+        if exited {
+            return Ok(false);
+        }
+    }
 }
 
 fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
@@ -224,25 +383,30 @@ impl Pasta {
         self.stop_inner()
     }
 
+    /// Reap the exited child; its status as text.
+    fn reap(&mut self) -> String {
+        match self.child.take().map(|mut c| c.wait()) {
+            Some(Ok(status)) => status.to_string(),
+            Some(Err(e)) => format!("cannot wait: {e}"),
+            None => "already reaped".into(),
+        }
+    }
+
     fn stop_inner(&mut self) -> Result<()> {
-        let Some(pidfd) = self.pidfd.take() else {
+        if self.child.is_none() {
             return Ok(());
-        };
-        pidfd_signal(&pidfd, libc::SIGTERM)
-            .with_context(|| format!("cannot signal pasta (PID {})", self.pid))?;
-        if !pidfd_wait(&pidfd, STOP_GRACE)? {
-            pidfd_signal(&pidfd, libc::SIGKILL)
-                .with_context(|| format!("cannot kill pasta (PID {})", self.pid))?;
-            if !pidfd_wait(&pidfd, STOP_GRACE)? {
-                bail!("pasta (PID {}) did not exit after SIGKILL", self.pid);
+        }
+        let pid = self.pid;
+        pidfd_signal(&self.pidfd, libc::SIGTERM)
+            .with_context(|| format!("cannot signal pasta (PID {pid})"))?;
+        if !pidfd_wait(&self.pidfd, STOP_GRACE)? {
+            pidfd_signal(&self.pidfd, libc::SIGKILL)
+                .with_context(|| format!("cannot kill pasta (PID {pid})"))?;
+            if !pidfd_wait(&self.pidfd, STOP_GRACE)? {
+                bail!("pasta (PID {pid}) did not exit after SIGKILL");
             }
         }
-        // pasta daemonized, so it is normally not our child; but if this process is a child
-        // subreaper it was reparented here and must be reaped. ECHILD means it was not ours.
-        let _ = nix::sys::wait::waitpid(
-            nix::unistd::Pid::from_raw(self.pid),
-            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
-        );
+        self.reap();
         Ok(())
     }
 }
@@ -273,6 +437,7 @@ mod tests {
             "--config-net",
             "--pid /run/x/pasta.pid",
             "--netns /proc/self/fd/7",
+            "--foreground",
         ] {
             assert!(joined.contains(needle), "{needle} missing from {joined}");
         }

@@ -150,22 +150,77 @@ fn pasta_connects_a_namespace_and_leaves_no_process_after_stop() {
         "connected before pasta"
     );
 
+    // pasta dies with the thread that started it: start, use and stop it on one thread.
     let path = ns_path(&sbx);
-    let handle = in_netns(&lab.host, move || {
-        pasta::start(Path::new(PASTA), &path, false).expect("start pasta")
+    let ns = sbx.clone();
+    let pid = in_netns(&lab.host, move || {
+        let handle = pasta::start(Path::new(PASTA), &path, false).expect("start pasta");
+        let pid = handle.pid();
+        assert!(Path::new(&format!("/proc/{pid}")).exists());
+        assert_reaches(&ns, "tcp", ALLOWED4, 443);
+        assert_reaches(&ns, "tcp", ALLOWED6, 443);
+        assert_reaches(&ns, "udp", ALLOWED4, 443);
+        let stopping = std::time::Instant::now();
+        handle.stop().unwrap();
+        // SIGTERM ends it; the grace period before SIGKILL is not needed.
+        assert!(
+            stopping.elapsed() < std::time::Duration::from_secs(1),
+            "pasta took {:?} to stop",
+            stopping.elapsed()
+        );
+        pid
     });
-    let pid = handle.pid();
-    assert!(Path::new(&format!("/proc/{pid}")).exists());
-
-    assert_reaches(&sbx, "tcp", ALLOWED4, 443);
-    assert_reaches(&sbx, "tcp", ALLOWED6, 443);
-    assert_reaches(&sbx, "udp", ALLOWED4, 443);
-
-    handle.stop().unwrap();
     assert!(exited(pid), "pasta {pid} still runs");
     assert!(
         !attempt(&sbx, "tcp", ALLOWED4, 443).ok,
         "connected after pasta stopped"
+    );
+}
+
+#[test]
+fn pasta_dies_with_the_thread_that_started_it() {
+    let mut lab = Netlab::new("pdeath", &[]);
+    let sbx = lab.add_namespace("sbx");
+    let path = ns_path(&sbx);
+    let pid = in_netns(&lab.host, move || {
+        let handle = pasta::start(Path::new(PASTA), &path, false).expect("start pasta");
+        let pid = handle.pid();
+        // Leak it as a SIGKILLed activator would: no stop, no drop.
+        std::mem::forget(handle);
+        pid
+    });
+    // The starting thread has ended: the kernel sends pasta SIGKILL (PR_SET_PDEATHSIG).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !exited(pid) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        exited(pid),
+        "pasta {pid} outlived the thread that started it"
+    );
+    assert!(
+        !attempt(&sbx, "tcp", ALLOWED4, 443).ok,
+        "connected after pasta died"
+    );
+}
+
+#[test]
+fn pasta_start_fails_with_its_own_message_when_it_cannot_attach() {
+    let lab = Netlab::new("pfail", &[]);
+    // A file that is not a network namespace.
+    let not_ns = lab.dir.path().join("not-a-namespace");
+    std::fs::write(&not_ns, "").unwrap();
+    let started = std::time::Instant::now();
+    let err = in_netns(&lab.host, move || {
+        pasta::start(Path::new(PASTA), &not_ns, false).map(|p| p.pid())
+    })
+    .unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("failed to attach"), "{msg}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "failure took {:?}",
+        started.elapsed()
     );
 }
 
@@ -179,25 +234,25 @@ fn pasta_does_not_expose_the_hosts_loopback_or_map_the_gateway() {
     assert_reaches(&lab.host, "tcp", "127.0.0.1", 9999);
 
     let path = ns_path(&sbx);
-    let handle = in_netns(&lab.host, move || {
-        pasta::start(Path::new(PASTA), &path, false).unwrap()
+    in_netns(&lab.host, move || {
+        let handle = pasta::start(Path::new(PASTA), &path, false).unwrap();
+        // Connectivity works, so failures below are the options' doing.
+        assert_reaches(&sbx, "tcp", ALLOWED4, 443);
+        for (a, port) in [
+            ("127.0.0.1", 9999),
+            ("::1", 9998),
+            (UPSTREAM4, 9999),
+            (UPSTREAM6, 9998),
+        ] {
+            let r = attempt(&sbx, "tcp", a, port);
+            assert!(
+                !r.ok,
+                "sandbox reached the host's loopback via {a}:{port}: {}",
+                r.detail
+            );
+        }
+        handle.stop().unwrap();
     });
-    // Connectivity works, so failures below are the options' doing.
-    assert_reaches(&sbx, "tcp", ALLOWED4, 443);
-    for (a, port) in [
-        ("127.0.0.1", 9999),
-        ("::1", 9998),
-        (UPSTREAM4, 9999),
-        (UPSTREAM6, 9998),
-    ] {
-        let r = attempt(&sbx, "tcp", a, port);
-        assert!(
-            !r.ok,
-            "sandbox reached the host's loopback via {a}:{port}: {}",
-            r.detail
-        );
-    }
-    handle.stop().unwrap();
 }
 
 /// A process standing in for the sandbox child: it lives in namespace `ns`.
@@ -246,21 +301,23 @@ fn network_session_filters_reports_blocked_destinations_and_cleans_up() {
         std::thread::yield_now();
     }
 
-    let session = in_netns(&lab.host, move || {
-        network::setup(&config, NetworkMode::Allowlist, pid, false).expect("network setup")
+    let ns = sbx.clone();
+    let (blocked, pasta_pid) = in_netns(&lab.host, move || {
+        let session =
+            network::setup(&config, NetworkMode::Allowlist, pid, false).expect("network setup");
+        let pasta_pid = session.pasta_pid().expect("pasta runs");
+
+        assert_reaches(&ns, "tcp", ALLOWED4, 443);
+        assert_reaches(&ns, "tcp", ALLOWED6, 443);
+        assert_refused_fast(&ns, "tcp", ALLOWED4, 8443);
+        assert_refused_fast(&ns, "tcp", BLOCKED4, 443);
+        assert_refused_fast(&ns, "udp", BLOCKED6, 443);
+
+        // The sandbox's last process exits before the report is read.
+        let _ = child.0.kill();
+        let _ = child.0.wait();
+        (session.finish().unwrap(), pasta_pid)
     });
-    let pasta_pid = session.pasta_pid().expect("pasta runs");
-
-    assert_reaches(&sbx, "tcp", ALLOWED4, 443);
-    assert_reaches(&sbx, "tcp", ALLOWED6, 443);
-    assert_refused_fast(&sbx, "tcp", ALLOWED4, 8443);
-    assert_refused_fast(&sbx, "tcp", BLOCKED4, 443);
-    assert_refused_fast(&sbx, "udp", BLOCKED6, 443);
-
-    // The sandbox's last process exits before the report is read.
-    let _ = child.0.kill();
-    let _ = child.0.wait();
-    let blocked = session.finish().unwrap();
     assert!(
         counted(&blocked, BLOCKED4, "tcp", Some(443)),
         "{blocked:#?}"
@@ -354,7 +411,7 @@ fn agent_reaches_only_the_allowlist_and_cannot_touch_the_ruleset() {
         "stdout:\n{stdout}\nstderr:\n{stderr}"
     );
     assert!(
-        stdout.contains(&format!("{ALLOWED4}")) && stdout.contains(ALLOWED6),
+        stdout.contains(ALLOWED4) && stdout.contains(ALLOWED6),
         "{stdout}"
     );
     assert!(
@@ -378,8 +435,12 @@ fn agent_reaches_only_the_allowlist_and_cannot_touch_the_ruleset() {
     );
 }
 
+/// Both of the allowed name's addresses must come back from an unspecified-family lookup
+/// (what curl, Node and most clients ask), or clients never try IPv6 at all.
 #[test]
-#[ignore = "IPv6 to the allowed address fails inside `enter` (works with the same setup outside it); open"]
+#[ignore = "the skeleton lacks /etc/host.conf with `multi on`: glibc's files backend then \
+            answers an AF_UNSPEC lookup with the first matching hosts line only (IPv4), and \
+            curl -6 filters that AF_UNSPEC answer; the fix belongs in nix/render.nix"]
 fn agent_reaches_the_allowed_address_over_ipv6() {
     let lab = Netlab::new("enter6", &[]);
     let f = enter_fixture();
@@ -387,12 +448,15 @@ fn agent_reaches_the_allowed_address_over_ipv6() {
         &lab,
         &f,
         &[],
-        "curl -sS -m 3 -o /dev/null -w 'allowed6=%{http_code}\\n' http://allowed.test:443/ -6",
+        "getent ahosts allowed.test | grep STREAM; \
+         curl -sS -m 3 -o /dev/null -w 'allowed6=%{http_code}\\n' http://allowed.test:443/ -6",
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stdout.contains("allowed6=200"),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        stdout.contains(ALLOWED4) && stdout.contains(ALLOWED6),
+        "an unspecified-family lookup of allowed.test does not give both addresses:\n\
+         {stdout}\n{stderr}"
     );
+    assert!(stdout.contains("allowed6=200"), "{stdout}\n{stderr}");
 }
