@@ -374,3 +374,31 @@ print(s.recv(4).decode())
     assert_eq!(ok(&out), "pong\n");
     assert_eq!(&server.join().unwrap(), b"ping");
 }
+
+#[test]
+#[cfg(target_arch = "x86_64")]
+fn seccomp_refuses_x32_aliases_clone3_and_io_uring() {
+    let f = Fixture::new();
+    let a = ALICE.ensure();
+    let ws = f.workspace("ws", a);
+    let script = r#"
+python3 - <<'PY'
+import ctypes, errno
+libc = ctypes.CDLL(None, use_errno=True)
+def call(nr, *args):
+    r = libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(a) for a in args])
+    return errno.errorcode.get(ctypes.get_errno(), "ok") if r == -1 else "ok"
+X32 = 0x40000000
+print("x32-getpid", call(X32 | 39))
+print("x32-unshare", call(X32 | 272, 0x10000000))
+print("clone3", call(435, 0, 0))
+print("io_uring_setup", call(425, 1, 0))
+print("getpid", call(39))
+PY
+"#;
+    let out = ok(&f.run(a, &ws, script));
+    assert_eq!(
+        out,
+        "x32-getpid EPERM\nx32-unshare EPERM\nclone3 ENOSYS\nio_uring_setup ENOSYS\ngetpid ok\n"
+    );
+}
