@@ -333,7 +333,7 @@ pub struct Attempt {
 
 /// The client program used by the tests: `tcp|udp|icmp ADDRESS PORT`, prints
 /// `ok ...` or `fail ...` and the elapsed seconds; every attempt gives up after 3 s.
-const CLIENT_PY: &str = r#"
+pub const CLIENT_PY: &str = r#"
 import socket, struct, sys, time
 kind, addr, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
 v6 = ":" in addr
