@@ -435,6 +435,31 @@ fn agent_reaches_only_the_allowlist_and_cannot_touch_the_ruleset() {
     );
 }
 
+/// The IPv6 path itself (pasta, neighbour discovery, the firewall) works from the first
+/// packet: the literal address connects with no retry, right after the agent starts.
+#[test]
+fn agent_reaches_the_allowed_ipv6_address_at_once() {
+    let lab = Netlab::new("enter6l", &[]);
+    let f = enter_fixture();
+    let out = enter(
+        &lab,
+        &f,
+        &[],
+        &format!(
+            "curl -sS -m 3 -o /dev/null -w 'allowed6=%{{http_code}}\\n' 'http://[{ALLOWED6}]:443/'; \
+             curl -sS -m 3 -o /dev/null 'http://[{BLOCKED6}]:443/' && echo blocked6-reached"
+        ),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("allowed6=200"), "{stdout}\n{stderr}");
+    assert!(!stdout.contains("blocked6-reached"), "{stdout}");
+    assert!(
+        stderr.contains(&format!("[{BLOCKED6}]:443 tcp")),
+        "{stderr}"
+    );
+}
+
 /// Both of the allowed name's addresses must come back from an unspecified-family lookup
 /// (what curl, Node and most clients ask), or clients never try IPv6 at all.
 #[test]
