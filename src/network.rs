@@ -32,6 +32,9 @@ pub struct NetworkSession {
 
 /// Set up the network of the sandbox child `child_pid` for `mode`, loading the allowlist
 /// from the configured file in `allowlist` mode.
+///
+/// Call it on the thread that waits for the session (the activator's main thread): pasta is
+/// killed by the kernel when the thread that started it ends (see [`pasta::start`]).
 pub fn setup(
     config: &Config,
     mode: NetworkMode,
