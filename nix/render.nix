@@ -375,6 +375,10 @@ let
     "etc/passwd" = passwd;
     "etc/group" = group;
     "etc/hosts" = hosts;
+    # glibc returns every address of a name in /etc/hosts only with `multi on`;
+    # without it a lookup for any family stops at the first (IPv4) line, and
+    # the allowlisted IPv6 addresses would never be used.
+    "etc/host.conf" = "multi on\n";
     "etc/nsswitch.conf" = nsswitch;
     "etc/nix/nix.conf" = nixConf;
     "etc/claude-code/managed-settings.json" = toPrettyJSON "" settings + "\n";

@@ -463,9 +463,6 @@ fn agent_reaches_the_allowed_ipv6_address_at_once() {
 /// Both of the allowed name's addresses must come back from an unspecified-family lookup
 /// (what curl, Node and most clients ask), or clients never try IPv6 at all.
 #[test]
-#[ignore = "the skeleton lacks /etc/host.conf with `multi on`: glibc's files backend then \
-            answers an AF_UNSPEC lookup with the first matching hosts line only (IPv4), and \
-            curl -6 filters that AF_UNSPEC answer; the fix belongs in nix/render.nix"]
 fn agent_reaches_the_allowed_address_over_ipv6() {
     let lab = Netlab::new("enter6", &[]);
     let f = enter_fixture();

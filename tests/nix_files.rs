@@ -98,6 +98,7 @@ fn rendered_skeleton_files_match_snapshots() {
         [
             "etc/claude-code/managed-settings.json",
             "etc/group",
+            "etc/host.conf",
             "etc/hosts",
             "etc/nix/nix.conf",
             "etc/nix/registry.json",
