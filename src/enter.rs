@@ -114,7 +114,7 @@ fn check(args: &EnterArgs) -> Result<Checked> {
         None => localhost_hosts(),
     };
     let settings = settings::choose(&config.managed_settings, &identity)?;
-    let (argv, env, path) = command_and_env(&config, &identity, &args.command)?;
+    let (argv, env, path) = command_and_env(&config, &args.command)?;
     Ok(Checked {
         config,
         mode,
@@ -133,9 +133,9 @@ fn localhost_hosts() -> String {
     "127.0.0.1 localhost\n::1 localhost\n".to_string()
 }
 
+/// The command's argv, its environment, and the PATH inside to find it on.
 fn command_and_env(
     config: &Config,
-    identity: &Identity,
     command: &[String],
 ) -> Result<(Vec<CString>, Vec<CString>, String)> {
     let cstring = |s: &str| CString::new(s).with_context(|| format!("{s:?} contains a NUL byte"));
@@ -167,7 +167,6 @@ fn command_and_env(
     vars.entry("PATH".into())
         .or_insert_with(|| "/usr/bin:/bin".into());
     let path = vars["PATH"].clone();
-    let _ = identity;
     let env = vars
         .iter()
         .map(|(k, v)| cstring(&format!("{k}={v}")))

@@ -2,7 +2,7 @@
 //! make the copy immutable. The sandbox sees it read-only at [`INSIDE_PATH`].
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use nix::errno::Errno;
@@ -102,9 +102,4 @@ pub fn install(session: &mut Session, chosen: &Chosen) -> Result<PathBuf> {
     let path = session.write_file("managed-settings.json", &chosen.contents)?;
     session.make_immutable(&path)?;
     Ok(path)
-}
-
-/// Whether a path is the settings file as seen inside.
-pub fn is_inside_path(p: &Path) -> bool {
-    p == Path::new(INSIDE_PATH)
 }
