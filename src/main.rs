@@ -7,7 +7,8 @@ use clap::{Args, Parser, Subcommand};
 
 use claude_chroot::config::{Config, DEFAULT_CONFIG_PATH, NetworkMode};
 use claude_chroot::enter::{EnterArgs, enter};
-use claude_chroot::{identity, session, sync_ips};
+use claude_chroot::selftest::{self, Options as SelftestOptions};
+use claude_chroot::{identity, probe, session, sync_ips};
 
 /// Exit status for a failure of the sandbox itself (as opposed to the command's own).
 const SANDBOX_FAILURE: u8 = 125;
@@ -46,6 +47,10 @@ enum Command {
         /// Print details and phase timings.
         #[arg(short, long)]
         verbose: bool,
+        /// Bind this activator read-only at /run/claude-chroot-probe (for `selftest` only;
+        /// must be the running binary itself).
+        #[arg(long, hide = true, value_name = "PATH")]
+        probe_binary: Option<PathBuf>,
         /// The project directory, mounted read-write at /workspace.
         workspace: PathBuf,
         /// Command to run instead of a login shell (after `--`).
@@ -62,6 +67,33 @@ enum Command {
         /// Only report drift: exit 1 if the allowlist would change, 0 otherwise.
         #[arg(long)]
         check: bool,
+    },
+    /// Try to escape from a real session on a temporary workspace and report what held.
+    Selftest {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Test with loopback only instead of the configured network mode.
+        #[arg(long, conflicts_with = "full_network")]
+        no_network: bool,
+        /// Test with the unfiltered network (the network probes will fail).
+        #[arg(long)]
+        full_network: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The escape attempts of `selftest`, run inside its session.
+    #[command(hide = true)]
+    Probe {
+        /// The runner's plan, as JSON.
+        #[arg(long, required_unless_present = "hold")]
+        plan: Option<String>,
+        /// Only leave a detached process behind and wait (the activator-death check).
+        #[arg(long, value_name = "NONCE")]
+        hold: Option<String>,
+        /// Where to write the findings (or the readiness mark).
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Remove what dead sessions left behind (immutable flags, state, locks).
     Cleanup {
@@ -91,22 +123,45 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             no_network,
             full_network,
             verbose,
+            probe_binary,
             workspace,
             command,
         } => {
-            let network = match (no_network, full_network) {
-                (true, _) => Some(NetworkMode::None),
-                (_, true) => Some(NetworkMode::Full),
-                _ => None,
-            };
+            // The flag binds a host file inside: only the activator itself, never a file
+            // chosen by whoever can run `enter` through sudo.
+            if let Some(path) = &probe_binary {
+                let exe = std::env::current_exe()?;
+                if path != &exe {
+                    anyhow::bail!("--probe-binary must be {}", exe.display());
+                }
+            }
             let status = enter(&EnterArgs {
                 config: config.config,
-                network,
+                network: network_mode(no_network, full_network),
                 verbose,
+                // TODO: pass probe_binary once EnterArgs binds it (next commit).
                 workspace,
                 command,
             })?;
             Ok(ExitCode::from(status.clamp(0, 255) as u8))
+        }
+        Command::Selftest {
+            config,
+            no_network,
+            full_network,
+            json,
+        } => Ok(ExitCode::from(selftest::run(&SelftestOptions {
+            config: config.config,
+            network: network_mode(no_network, full_network),
+            json,
+        })?)),
+        Command::Probe { plan, hold, out } => {
+            match (plan, hold) {
+                (_, Some(nonce)) => probe::hold(&nonce, &out)?,
+                (Some(plan), None) => probe::run(&plan, &out)?,
+                (None, None) => anyhow::bail!("probe needs --plan or --hold"),
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::SyncIps { config, yes, check } => {
             identity::require_root()?;
@@ -121,5 +176,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+fn network_mode(no_network: bool, full_network: bool) -> Option<NetworkMode> {
+    match (no_network, full_network) {
+        (true, _) => Some(NetworkMode::None),
+        (_, true) => Some(NetworkMode::Full),
+        _ => None,
     }
 }

@@ -33,6 +33,7 @@ use seccompiler::BpfProgram;
 
 use crate::mounts::{self, Step};
 use crate::terminal;
+use crate::weaken::{self, Knob};
 
 /// How long the session may take to end after a terminating signal is forwarded.
 const GRACE: Duration = Duration::from_secs(5);
@@ -183,12 +184,18 @@ impl Running {
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
             .context("signalfd")?;
 
-        let flags = CloneFlags::CLONE_NEWNS
+        let mut flags = CloneFlags::CLONE_NEWNS
             | CloneFlags::CLONE_NEWPID
             | CloneFlags::CLONE_NEWNET
             | CloneFlags::CLONE_NEWIPC
             | CloneFlags::CLONE_NEWUTS
             | CloneFlags::CLONE_NEWCGROUP;
+        if weaken::active(Knob::PidNamespace) {
+            flags.remove(CloneFlags::CLONE_NEWPID);
+        }
+        if weaken::active(Knob::NetNamespace) {
+            flags.remove(CloneFlags::CLONE_NEWNET);
+        }
         let mut stack = vec![0u8; 8 << 20];
         let child_fd = child_sock.as_raw_fd();
         let parent_fd = parent_sock.as_raw_fd();
@@ -469,14 +476,17 @@ fn child_setup(launch: &Launch, sock: BorrowedFd<'_>) -> Result<ChildSetup> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).context("prctl(PR_SET_PDEATHSIG)")?;
 
     nix::unistd::sethostname(&launch.hostname).context("sethostname")?;
-    crate::netif::loopback_up().context("bring up loopback in the sandbox")?;
-    crate::netif::skip_duplicate_address_detection()?;
+    // Without its own network namespace (a test's weakening) the network is not ours.
+    if !weaken::active(Knob::NetNamespace) {
+        crate::netif::loopback_up().context("bring up loopback in the sandbox")?;
+        crate::netif::skip_duplicate_address_detection()?;
+    }
 
     // Build the root and switch to it.
     mounts::build_root(&launch.new_root, &launch.steps)?;
 
     // Open the sandbox's terminal in its own devpts instance and hand the master over.
-    let (master, slave) = if launch.terminal {
+    let (master, slave) = if launch.terminal && !weaken::active(Knob::Pty) {
         let (m, s) = open_pty().context("open a pseudo-terminal in the sandbox")?;
         (Some(m), Some(s))
     } else {
@@ -639,7 +649,9 @@ nix::ioctl_write_int_bad!(tiocsctty, libc::TIOCSCTTY);
 fn agent_exec(launch: &Launch, slave: Option<OwnedFd>) -> std::result::Result<(), AgentError> {
     // A session of its own: no controlling terminal of the host, no signals from its
     // process group (and TIOCSTI needs the controlling terminal).
-    nix::unistd::setsid().context("setsid")?;
+    if !weaken::active(Knob::Pty) {
+        nix::unistd::setsid().context("setsid")?;
+    }
     if let Some(s) = slave {
         // SAFETY: TIOCSCTTY takes an int argument; s is an open terminal.
         unsafe { tiocsctty(s.as_raw_fd(), 0) }.context("make the sandbox terminal controlling")?;

@@ -187,6 +187,9 @@ pub fn compile() -> Result<Vec<BpfProgram>> {
 
 /// Install the compiled filters on the calling thread. `no_new_privs` must be set.
 pub fn install(programs: &[BpfProgram]) -> Result<()> {
+    if crate::weaken::active(crate::weaken::Knob::Seccomp) {
+        return Ok(());
+    }
     for p in programs {
         seccompiler::apply_filter(p).context("install seccomp filter")?;
     }
