@@ -14,11 +14,9 @@
 
 use std::ffi::CString;
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use nix::errno::Errno;
@@ -32,11 +30,13 @@ mod net;
 mod privileges;
 mod process;
 
-use fs::*;
-use kernel::*;
-use net::*;
-use privileges::*;
-use process::*;
+use fs::{read_host_path, settings, write_etc, write_nix_store, write_skeleton};
+use kernel::{kernel_log, kernel_module, keyring, nftables};
+use net::network;
+use privileges::{
+    chroot_probe, mount_probe, pivot_root_probe, privileges, setuid, userns_settings,
+};
+use process::{detach_child, host_process, leave_process, pids_limit, ptrace_probe, tiocsti};
 
 /// Where `enter --probe-binary` binds the activator inside the sandbox.
 pub const INSIDE_PATH: &str = "/run/claude-chroot-probe";

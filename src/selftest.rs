@@ -245,6 +245,9 @@ fn host_process(identity: &Identity, name: &str) -> Result<Pid> {
     match unsafe { nix::unistd::fork() }.context("fork the host-side target process")? {
         nix::unistd::ForkResult::Parent { child } => Ok(child),
         nix::unistd::ForkResult::Child => {
+            // Keep none of the runner's descriptors (listeners, the configuration).
+            // SAFETY: close_range(2) on descriptors this child never uses.
+            unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
             let ok = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_ok()
                 && nix::sys::prctl::set_name(&name).is_ok()
                 && nix::unistd::setgroups(&groups).is_ok()

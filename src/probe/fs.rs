@@ -1,7 +1,10 @@
 //! Probes on files: host files that must be absent, places that must not be writable,
 //! the managed settings.
 
-use super::*;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use super::{Attempt, Finding, HostPath, Plan, io_errno};
 pub(super) fn read_host_path(hp: &HostPath) -> Finding {
     let f = Finding::new(
         &hp.id,

@@ -1,6 +1,10 @@
 //! Probes on the kernel: the keyring, the kernel log, modules, the firewall ruleset.
 
-use super::*;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use nix::errno::Errno;
+
+use super::{Finding, Plan, errno_name, refused_unless};
 pub(super) fn keyring() -> Finding {
     let f = Finding::new(
         "keyring",

@@ -1,6 +1,16 @@
 //! Network probes: addresses, ports and protocols, host loopback, abstract sockets, DNS.
 
-use super::*;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::time::Instant;
+
+use nix::errno::Errno;
+
+use super::{
+    DOC_DNS4, DOC4, DOC6, Destination, Finding, NET_TIMEOUT, OUTSIDE_NAME, Outcome, Plan,
+    errno_name, io_errno,
+};
+use crate::config::NetworkMode;
 /// The result of one network attempt.
 enum Net {
     /// Refused inside the sandbox before anything was sent (no route, no socket).

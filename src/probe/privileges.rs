@@ -1,6 +1,10 @@
 //! Probes on privileges: capabilities, setuid, mounts, chroot, pivot_root, user namespaces.
 
-use super::*;
+use std::path::PathBuf;
+
+use nix::errno::Errno;
+
+use super::{Finding, Plan, errno_name, refused_unless};
 fn status_field(name: &str) -> String {
     std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
@@ -22,8 +26,13 @@ pub(super) fn privileges() -> Finding {
     if nix::unistd::getuid().is_root() || nix::unistd::geteuid().is_root() {
         wrong.push("runs as uid 0".to_string());
     }
-    if nix::unistd::getgid().as_raw() == 0 || nix::unistd::getegid().as_raw() == 0 {
+    let gid = nix::unistd::getgid();
+    if gid.as_raw() == 0 || nix::unistd::getegid().as_raw() == 0 {
         wrong.push("runs as gid 0".to_string());
+    }
+    let groups = nix::unistd::getgroups().unwrap_or_default();
+    if groups.iter().any(|&g| g != gid) {
+        wrong.push(format!("supplementary groups {groups:?}"));
     }
     for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
         let v = status_field(set);
@@ -32,7 +41,7 @@ pub(super) fn privileges() -> Finding {
         }
     }
     if wrong.is_empty() {
-        f.held("uid and gid not 0, every capability set empty")
+        f.held("uid and gid not 0, no supplementary group, every capability set empty")
     } else {
         f.broken(wrong.join(", "))
     }

@@ -1,6 +1,14 @@
 //! Probes on processes and the terminal: host processes, ptrace, TIOCSTI, leftovers.
 
-use super::*;
+use std::ffi::CString;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use nix::errno::Errno;
+
+use super::{Finding, Plan, errno_name, refused_unless};
 fn comm(pid: i32) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .ok()
