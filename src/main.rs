@@ -69,6 +69,9 @@ enum Command {
         check: bool,
     },
     /// Try to escape from a real session on a temporary workspace and report what held.
+    ///
+    /// Exit status: 0 when every probe held (or was skipped with a stated reason), 1 when
+    /// any probe got through, 125 when the selftest itself could not run.
     Selftest {
         #[command(flatten)]
         config: ConfigArg,

@@ -535,3 +535,51 @@ fn a_name_lookup_through_dns_is_reported() {
             .contains("198.51.100.99")
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// The plumbing cannot be turned against the host.
+
+#[test]
+fn enter_binds_no_probe_binary_but_the_activator_itself() {
+    let s = Setup::new(none());
+    let ws = s.f.workspace("ws", ALICE.ensure());
+    let out =
+        s.f.command(Some(ALICE))
+            .args([
+                "enter",
+                "--no-network",
+                "--probe-binary",
+                "/etc/shadow",
+                "--config",
+            ])
+            .arg(&s.f.config)
+            .arg(&ws)
+            .args(["--", "/bin/true"])
+            .output()
+            .unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        stderr(&out).contains("--probe-binary must be"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(s.f.sessions().is_empty());
+}
+
+#[test]
+fn the_probe_refuses_to_run_outside_a_sandbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_file = dir.path().join("findings.json");
+    let out = Command::new(BIN)
+        .args(["probe", "--plan", "{}", "--out"])
+        .arg(&out_file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        stderr(&out).contains("only inside a claude-chroot session"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!out_file.exists());
+}
