@@ -92,6 +92,9 @@ pub struct HostPath {
     /// Identity of the host object, so that a same-named path inside is not mistaken for it.
     pub dev: u64,
     pub ino: u64,
+    /// Why there is nothing to probe (the host has no such path); the probe is skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -68,8 +68,9 @@ pub fn run(opts: &Options) -> Result<u8> {
 
     let workspace = TempWorkspace::create(&identity)?;
     let nonce = nonce()?;
+    let _reaper = Reaper::for_nonce(&nonce);
     let targets = Targets::start(&identity, &nonce)?;
-    let (plan, mut findings) = plan(&config, mode, &identity, &nonce, &targets)?;
+    let plan = plan(&config, mode, &identity, &nonce, &targets)?;
     eprintln!(
         "claude-chroot: selftest: running the probes in a session on {} (network: {})",
         workspace.path.display(),
@@ -125,7 +126,7 @@ pub fn run(opts: &Options) -> Result<u8> {
             _ => {}
         }
     }
-    findings.extend(probed);
+    let mut findings = probed;
     findings.push(activator_death(opts, &exe, &identity, &workspace, &config)?);
 
     let broken = findings
@@ -266,40 +267,37 @@ fn host_process(identity: &Identity, name: &str) -> Result<Pid> {
     }
 }
 
-/// The probe plan, and findings the runner settles by itself (missing host paths).
+/// The probe plan.
 fn plan(
     config: &Config,
     mode: NetworkMode,
     identity: &Identity,
     nonce: &str,
     targets: &Targets,
-) -> Result<(Plan, Vec<Finding>)> {
+) -> Result<Plan> {
     let mut host_paths = Vec::new();
-    let mut skipped = Vec::new();
     let mut add = |id: &str, threat: &str, path: Option<PathBuf>, as_user: bool| {
-        let Some(path) = path else {
-            skipped.push(skip(id, threat, "no host account, so no home directory"));
-            return;
+        let mut hp = HostPath {
+            id: id.into(),
+            threat: threat.into(),
+            path: path.clone().unwrap_or_default(),
+            dev: 0,
+            ino: 0,
+            missing: None,
         };
-        let md = if as_user {
-            identity.run_as(|| std::fs::metadata(&path).map_err(Into::into))
-        } else {
-            std::fs::metadata(&path).map_err(Into::into)
+        let md = match &path {
+            None => Err(anyhow::anyhow!("no host account, so no home directory")),
+            Some(p) if as_user => identity.run_as(|| std::fs::metadata(p).map_err(Into::into)),
+            Some(p) => std::fs::metadata(p).map_err(Into::into),
         };
         match md {
-            Ok(md) => host_paths.push(HostPath {
-                id: id.into(),
-                threat: threat.into(),
-                path,
-                dev: md.dev(),
-                ino: md.ino(),
-            }),
-            Err(_) => skipped.push(skip(
-                id,
-                threat,
-                &format!("{} does not exist on this host", path.display()),
-            )),
+            Ok(md) => (hp.dev, hp.ino) = (md.dev(), md.ino()),
+            Err(_) if path.is_some() => {
+                hp.missing = Some(format!("{} does not exist on this host", hp.path.display()))
+            }
+            Err(e) => hp.missing = Some(e.to_string()),
         }
+        host_paths.push(hp);
     };
     add(
         "read-home",
@@ -352,18 +350,7 @@ fn plan(
         udp_port: udp.first().copied().unwrap_or(443),
         nameservers: nameservers(config),
     };
-    Ok((plan, skipped))
-}
-
-fn skip(id: &str, threat: &str, reason: &str) -> Finding {
-    Finding {
-        id: id.into(),
-        threat: threat.into(),
-        tried: "-".into(),
-        outcome: Outcome::Skipped,
-        detail: reason.into(),
-        unconfirmed: Vec::new(),
-    }
+    Ok(plan)
 }
 
 fn port_of(l: &Option<TcpListener>) -> Option<u16> {
@@ -626,6 +613,24 @@ fn processes_named(names: &[String]) -> Vec<(i32, String)> {
     found
 }
 
+/// Kills what the probes of one run may have left (their names carry the run's nonce) when
+/// dropped, so that a selftest that fails half-way leaves nothing running either.
+struct Reaper(Vec<String>);
+
+impl Reaper {
+    fn for_nonce(nonce: &str) -> Reaper {
+        Reaper(vec![format!("ccr-d{nonce}"), format!("ccr-p{nonce}")])
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for (pid, _) in processes_named(&self.0) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
 /// Wait up to `within` for the named processes to be gone; kill and list any that stay.
 fn wait_gone(names: &[String], within: Duration) -> Vec<String> {
     let deadline = Instant::now() + within;
@@ -710,6 +715,7 @@ fn activator_death(
         unconfirmed: Vec::new(),
     };
     let nonce = nonce()?;
+    let _reaper = Reaper::for_nonce(&nonce);
     let ready = workspace.path.join(".ready");
     let mut cmd = enter_command(
         opts,

@@ -11,6 +11,9 @@ pub(super) fn read_host_path(hp: &HostPath) -> Finding {
         &hp.threat,
         format!("stat and read {}", hp.path.display()),
     );
+    if let Some(reason) = &hp.missing {
+        return f.skipped(reason.clone());
+    }
     match std::fs::metadata(&hp.path) {
         Err(e) => f.held(format!("absent ({})", io_errno(&e))),
         Ok(md) if (md.dev(), md.ino()) != (hp.dev, hp.ino) => {
