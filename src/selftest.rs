@@ -579,6 +579,7 @@ fn settle(f: &mut Finding, blocked: &[Destination]) {
             None => format!("{} {}", d.protocol, d.address),
         })
         .collect();
+    f.unconfirmed.clear();
     if missing.is_empty() {
         f.outcome = Outcome::Held;
         f.detail = format!("{} (each refused by the sandbox's filter)", f.detail);
@@ -841,4 +842,83 @@ pub fn table(report: &Report) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finding(id: &str, outcome: Outcome, detail: &str) -> Finding {
+        Finding {
+            id: id.into(),
+            threat: format!("threat {id}"),
+            tried: format!("tried {id}"),
+            outcome,
+            detail: detail.into(),
+            unconfirmed: Vec::new(),
+        }
+    }
+
+    fn tcp(address: &str, port: u16) -> Destination {
+        Destination {
+            address: address.parse().unwrap(),
+            protocol: "tcp".into(),
+            port: Some(port),
+        }
+    }
+
+    #[test]
+    fn a_refusal_counts_as_held_only_when_the_filter_counted_it() {
+        let mut f = finding("net-tcp", Outcome::Unconfirmed, "ECONNREFUSED");
+        f.unconfirmed = vec![tcp("192.0.2.1", 443), tcp("2001:db8::1", 443)];
+        let mut counted = f.clone();
+        settle(
+            &mut counted,
+            &[tcp("192.0.2.1", 443), tcp("2001:db8::1", 443)],
+        );
+        assert_eq!(counted.outcome, Outcome::Held);
+        assert!(counted.unconfirmed.is_empty());
+
+        // Refused by something else (the port differs): the packet left the sandbox.
+        settle(&mut f, &[tcp("192.0.2.1", 443), tcp("2001:db8::1", 80)]);
+        assert_eq!(f.outcome, Outcome::Broken);
+        assert!(f.detail.contains("tcp [2001:db8::1]:443"), "{}", f.detail);
+
+        let mut held = finding("read-root", Outcome::Held, "absent");
+        settle(&mut held, &[]);
+        assert_eq!(held.outcome, Outcome::Held);
+    }
+
+    #[test]
+    fn the_table_gives_each_result_and_a_one_line_verdict() {
+        let mut report = Report {
+            verdict: "held",
+            mode: NetworkMode::None,
+            findings: vec![
+                finding("a", Outcome::Held, "fine"),
+                finding("b", Outcome::Skipped, "no such thing here"),
+            ],
+        };
+        let text = table(&report);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "THREAT    RESULT   WHAT WAS TRIED");
+        assert_eq!(lines[1], "threat a  held     tried a");
+        assert_eq!(lines[2], "threat b  skipped  tried b");
+        assert_eq!(lines[3], "          reason: no such thing here");
+        assert_eq!(
+            lines[4],
+            "claude-chroot: selftest: the sandbox held: 1 of 2 probes held, 1 skipped with a \
+             reason (network: none)"
+        );
+
+        report
+            .findings
+            .push(finding("c", Outcome::Broken, "connected"));
+        let text = table(&report);
+        assert!(text.contains("threat c  BROKEN   tried c\n          connected\n"));
+        assert!(
+            text.ends_with("claude-chroot: selftest: BROKEN: 1 of 3 probes got through: c\n"),
+            "{text}"
+        );
+    }
 }
