@@ -411,19 +411,11 @@ pub fn apply(nft: &Path, netns: BorrowedFd, ruleset: &Nftables) -> Result<()> {
 
 /// Read the blocked destinations counted so far in `netns`, most packets first.
 pub fn blocked(nft: &Path, netns: BorrowedFd) -> Result<Vec<Blocked>> {
-    let mut all = Vec::new();
-    for meter in [METER_PORT4, METER_PORT6, METER_PROTO4, METER_PROTO6] {
-        let out = run_nft(
-            nft,
-            netns,
-            &["-j", "list", "meter", "inet", TABLE, meter],
-            b"",
-        )
-        .with_context(|| format!("cannot read the blocked-destination counters ({meter})"))?;
-        all.extend(
-            parse_meter(&out).with_context(|| format!("unexpected nft output for {meter}"))?,
-        );
-    }
+    // One `nft` run lists every meter with its elements; the namespace holds only our
+    // table, and parse_meter keeps only its meters.
+    let out = run_nft(nft, netns, &["-j", "list", "meters"], b"")
+        .context("cannot read the blocked-destination counters")?;
+    let mut all = parse_meter(&out).context("unexpected nft output for the meters")?;
     all.sort_by(|a, b| b.packets.cmp(&a.packets).then_with(|| a.cmp(b)));
     Ok(all)
 }
@@ -435,7 +427,12 @@ fn parse_meter(json: &[u8]) -> Result<Vec<Blocked>> {
     let mut found = Vec::new();
     let objects = value["nftables"].as_array().context("no nftables array")?;
     for object in objects {
-        let Some(elems) = object["meter"]["elem"].as_array() else {
+        let meter = &object["meter"];
+        let ours = meter["table"] == TABLE
+            && [METER_PORT4, METER_PORT6, METER_PROTO4, METER_PROTO6]
+                .iter()
+                .any(|m| meter["name"] == *m);
+        let Some(elems) = meter["elem"].as_array().filter(|_| ours) else {
             continue;
         };
         for elem in elems {

@@ -123,6 +123,12 @@ impl NetworkSession {
     /// Read the blocked destinations (allowlist mode; empty otherwise), stop pasta and release
     /// the namespace. pasta is stopped even when reading the counters fails.
     pub fn finish(mut self) -> Result<Vec<Blocked>> {
+        // Let pasta wind down while the counters are read: the namespace is held open by
+        // our own descriptor, so the counters outlive both the sandbox and pasta.
+        let terminated = match &self.pasta {
+            Some(p) => p.terminate(),
+            None => Ok(()),
+        };
         let blocked = match (&self.netns, self.mode) {
             (Some(ns), NetworkMode::Allowlist) => firewall::blocked(&self.nft, ns.as_fd()),
             _ => Ok(Vec::new()),
@@ -132,6 +138,7 @@ impl NetworkSession {
             None => Ok(()),
         };
         self.netns = None;
+        terminated?;
         stopped?;
         blocked
     }

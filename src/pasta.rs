@@ -383,6 +383,16 @@ impl Pasta {
         self.stop_inner()
     }
 
+    /// Ask pasta to exit without waiting for it, so that it winds down while the caller
+    /// does other work; [`Pasta::stop`] then only waits (and kills it if it must).
+    pub fn terminate(&self) -> Result<()> {
+        if self.child.is_some() {
+            pidfd_signal(&self.pidfd, libc::SIGTERM)
+                .with_context(|| format!("cannot signal pasta (PID {})", self.pid))?;
+        }
+        Ok(())
+    }
+
     /// Reap the exited child; its status as text.
     fn reap(&mut self) -> String {
         match self.child.take().map(|mut c| c.wait()) {

@@ -157,13 +157,19 @@ impl Session {
 
     /// Record the session's state so that `cleanup` can undo it after a crash.
     pub fn save(&self) -> Result<()> {
+        self.write_info(false)
+    }
+
+    fn write_info(&self, durable: bool) -> Result<()> {
         let path = self.dir.join("session.json");
         let tmp = self.dir.join("session.json.tmp");
         let mut f =
             File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
         serde_json::to_writer_pretty(&mut f, &self.info)?;
         f.write_all(b"\n")?;
-        f.sync_all()?;
+        if durable {
+            f.sync_all()?;
+        }
         fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
         Ok(())
     }
@@ -178,8 +184,9 @@ impl Session {
             .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
             .open(&path)
             .with_context(|| format!("cannot create {}", path.display()))?;
+        // No fsync: these files live for one session, and after a crash `cleanup` removes
+        // them; only session.json, which records immutable files, is synced.
         f.write_all(contents)
-            .and_then(|_| f.sync_all())
             .with_context(|| format!("cannot write {}", path.display()))?;
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644))?;
         Ok(path)
@@ -188,7 +195,8 @@ impl Session {
     /// Make a session file immutable, recording it first so a crash cannot leave the flag.
     pub fn make_immutable(&mut self, path: &Path) -> Result<()> {
         self.info.immutable.push(path.to_path_buf());
-        self.save()?;
+        // On disk before the flag is set, so that `cleanup` finds it even after a crash.
+        self.write_info(true)?;
         immutable::set(path, true)
     }
 
