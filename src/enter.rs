@@ -277,16 +277,22 @@ fn run(args: &EnterArgs, c: &Checked, session: &mut Session, timings: &mut Timin
     );
     let started = SystemTime::now();
     let mut running = Running::spawn(launch)?;
-    timings.mark("namespaces+mounts");
+    timings.mark("clone");
 
-    // Connect and filter the sandbox's network before anything in it runs.
+    // Connect and filter the sandbox's network while the child builds its root; nothing
+    // in the sandbox runs before both are done. A failure in the child is the one to
+    // report: the network setup may only have failed because the child had gone.
     let net = network::setup_with_allowlist(
         &c.config,
         c.mode,
         running.pid(),
         c.allowlist.as_ref(),
         args.verbose,
-    )?;
+    );
+    timings.mark("network");
+    running.mounted()?;
+    let net = net?;
+    timings.mark("mounts");
     if let Some(helper) = net
         .pasta_pid()
         .and_then(|pid| session::Helper::of(pid as u32))
@@ -294,7 +300,6 @@ fn run(args: &EnterArgs, c: &Checked, session: &mut Session, timings: &mut Timin
         session.info.helpers.push(helper);
         session.save()?;
     }
-    timings.mark("network");
     running.go()?;
     timings.mark("exec");
     let status = running.wait();

@@ -356,6 +356,16 @@ pub fn ruleset(
 
 /// Run `nft` with `args` inside the network namespace `netns`, feeding it `stdin`.
 fn run_nft(nft: &Path, netns: BorrowedFd, args: &[&str], stdin: &[u8]) -> Result<Vec<u8>> {
+    spawn_nft(nft, netns, args, stdin)?.wait()
+}
+
+/// An `nft` run in progress.
+pub struct NftRun {
+    child: std::process::Child,
+    what: String,
+}
+
+fn spawn_nft(nft: &Path, netns: BorrowedFd, args: &[&str], stdin: &[u8]) -> Result<NftRun> {
     let fd = netns.as_raw_fd();
     let mut command = Command::new(nft);
     command
@@ -380,33 +390,52 @@ fn run_nft(nft: &Path, netns: BorrowedFd, args: &[&str], stdin: &[u8]) -> Result
             nft.display()
         )
     })?;
+    // nft reads all of its input before it writes anything, so this cannot deadlock;
+    // dropping the pipe closes it.
     child
         .stdin
         .take()
         .expect("piped stdin")
         .write_all(stdin)
         .with_context(|| format!("cannot write to {}", nft.display()))?;
-    let output = child
-        .wait_with_output()
-        .with_context(|| format!("cannot wait for {}", nft.display()))?;
-    if !output.status.success() {
-        bail!(
-            "{} {} failed ({}): {}",
-            nft.display(),
-            args.join(" "),
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
+    Ok(NftRun {
+        child,
+        what: format!("{} {}", nft.display(), args.join(" ")),
+    })
+}
+
+impl NftRun {
+    /// Wait for `nft` to finish; its standard output, or an error with its message.
+    pub fn wait(self) -> Result<Vec<u8>> {
+        let output = self
+            .child
+            .wait_with_output()
+            .with_context(|| format!("cannot wait for {}", self.what))?;
+        if !output.status.success() {
+            bail!(
+                "{} failed ({}): {}",
+                self.what,
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(output.stdout)
     }
-    Ok(output.stdout)
 }
 
 /// Load `ruleset` into the (fresh) namespace `netns` in one atomic batch: either the whole
 /// table is in place or nothing changed.
 pub fn apply(nft: &Path, netns: BorrowedFd, ruleset: &Nftables) -> Result<()> {
-    let json = serde_json::to_vec(ruleset).context("cannot serialize the nftables ruleset")?;
-    run_nft(nft, netns, &["-j", "-f", "-"], &json).context("cannot load the sandbox's firewall")?;
+    start_apply(nft, netns, ruleset)?.wait()?;
     Ok(())
+}
+
+/// Start loading `ruleset` like [`apply`], returning at once; [`NftRun::wait`] tells
+/// whether it loaded. Lets the caller start pasta meanwhile: nothing in the sandbox runs
+/// before both are done.
+pub fn start_apply(nft: &Path, netns: BorrowedFd, ruleset: &Nftables) -> Result<NftRun> {
+    let json = serde_json::to_vec(ruleset).context("cannot serialize the nftables ruleset")?;
+    spawn_nft(nft, netns, &["-j", "-f", "-"], &json).context("cannot load the sandbox's firewall")
 }
 
 /// Read the blocked destinations counted so far in `netns`, most packets first.

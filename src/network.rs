@@ -82,10 +82,17 @@ pub fn setup_with_allowlist(
                 None => &Allowlist::load(&config.allowlist_file())?,
             };
             let net = &config.network;
-            // Load the filter before pasta connects the namespace, so no packet leaves unfiltered.
+            // Load the filter and start pasta at the same time: nothing in the sandbox runs
+            // until both are done (the child waits for the go-ahead), and a failure of
+            // either ends the session before the agent starts.
             let ruleset = firewall::ruleset(allowlist, &net.tcp_ports, &net.udp_ports);
             let fd = session.netns.as_ref().expect("namespace held").as_fd();
-            firewall::apply(&config.tools.nft, fd, &ruleset)?;
+            let loading = firewall::start_apply(&config.tools.nft, fd, &ruleset)?;
+            let pasta = pasta::start(&config.tools.pasta, &ns_path, verbose);
+            loading
+                .wait()
+                .context("cannot load the sandbox's firewall")?;
+            session.pasta = Some(pasta?);
             if verbose {
                 eprintln!(
                     "claude-chroot: firewall loaded: {} names, {} IPv4 and {} IPv6 addresses, \
@@ -97,7 +104,6 @@ pub fn setup_with_allowlist(
                     net.udp_ports
                 );
             }
-            session.pasta = Some(pasta::start(&config.tools.pasta, &ns_path, verbose)?);
         }
         NetworkMode::Full => {
             eprintln!(

@@ -167,7 +167,7 @@ pub fn ensure_single_threaded() -> Result<()> {
 }
 
 impl Running {
-    /// Clone the child into new namespaces and wait until its root is built.
+    /// Clone the child into new namespaces; it builds its root while the caller goes on.
     pub fn spawn(launch: Launch) -> Result<Running> {
         ensure_single_threaded()?;
         let (parent_sock, child_sock) = socketpair(
@@ -211,28 +211,32 @@ impl Running {
         let pid = unsafe { nix::sched::clone(cb, &mut stack, flags, Some(libc::SIGCHLD)) }
             .context("clone into new namespaces (is this kernel built with user, PID and network namespaces?)")?;
         drop(child_sock);
-        let mut running = Running {
+        Ok(Running {
             pid,
             sock: parent_sock,
             signals,
             master: None,
             reaped: None,
-        };
-        // Wait for the child's root (and terminal) to be ready.
-        match running.expect(msg::MOUNTED) {
+        })
+    }
+
+    /// Wait until the child has built its root (and terminal). The parent may set up the
+    /// network meanwhile: the network namespace exists from the clone on.
+    pub fn mounted(&mut self) -> Result<()> {
+        match self.expect(msg::MOUNTED) {
             Ok(fd) => {
                 // Size the sandbox's terminal before anything in it runs.
                 if let Some(m) = &fd {
                     terminal::copy_window_size(terminal::size_source(), m.as_fd());
                 }
-                running.master = fd;
+                self.master = fd;
+                Ok(())
             }
             Err(e) => {
-                running.kill();
-                return Err(e);
+                self.kill();
+                Err(e)
             }
         }
-        Ok(running)
     }
 
     pub fn pid(&self) -> Pid {
