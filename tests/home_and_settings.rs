@@ -235,7 +235,10 @@ fn settings_copy_is_immutable_while_the_session_runs() {
             std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
             panic!("the session ended before starting ({status}): {err}");
         }
-        assert!(std::time::Instant::now() < deadline, "the session did not start");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the session did not start"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let sessions = f.sessions();

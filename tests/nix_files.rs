@@ -2,21 +2,17 @@
 //! (`nix/render.nix`) produces the skeleton files and an `activate.json` this crate accepts,
 //! and it refuses arguments it does not know. Needs `nix-instantiate` on PATH.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use claude_chroot::config::Config;
+use common::nix_instantiate;
 use serde_json::Value;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn nix_instantiate(args: &[&str]) -> Output {
-    Command::new("nix-instantiate")
-        .args(args)
-        .output()
-        .expect("cannot run nix-instantiate: install Nix (Debian: nix-bin) to run these tests")
 }
 
 /// Arguments a test passes to render.nix, as a Nix attribute set.
@@ -346,8 +342,6 @@ fn nixos_module_evaluates_with_nixpkgs_lib() {
             .unwrap_or_else(|e| panic!("{case}: the activator rejects the module's config: {e:#}"));
     }
 }
-
-mod common;
 
 /// The default package's activate.json, rendered as nix/sandbox.nix does it, with
 /// stand-in store paths for what nixpkgs would build.

@@ -105,15 +105,24 @@ const HOST_BINDS: &str = r#"[
   { source = "/etc/alternatives"; target = "/etc/alternatives"; optional = true; }
 ]"#;
 
-pub fn nix_eval(expr: &str) -> serde_json::Value {
-    let out = Command::new("nix-instantiate")
-        .args(["--eval", "--strict", "--json", "--expr", expr])
-        .env(
-            "NIX_STATE_DIR",
-            std::env::temp_dir().join("claude-chroot-test-nix"),
-        )
+/// Run `nix-instantiate` with a state directory of the tests' own. Runs are serialised: on a
+/// fresh machine concurrent runs race to create that directory and fail.
+pub fn nix_instantiate(args: &[&str]) -> Output {
+    use nix::fcntl::{Flock, FlockArg};
+    let state = std::env::temp_dir().join("claude-chroot-test-nix");
+    let lock = std::fs::File::create(state.with_extension("lock")).unwrap();
+    let _held = Flock::lock(lock, FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .unwrap();
+    Command::new("nix-instantiate")
+        .args(args)
+        .env("NIX_STATE_DIR", &state)
         .output()
-        .expect("run nix-instantiate (install nix-bin)");
+        .expect("cannot run nix-instantiate: install Nix (Debian: nix-bin) to run these tests")
+}
+
+pub fn nix_eval(expr: &str) -> serde_json::Value {
+    let out = nix_instantiate(&["--eval", "--strict", "--json", "--expr", expr]);
     assert!(
         out.status.success(),
         "nix-instantiate failed:\n{}",
