@@ -28,6 +28,7 @@ let
           quarantine
           nameservers
           ;
+        limits.pids = cfg.pidsLimit;
         domains = cfg.allowedDomains;
         tcpPorts = cfg.allowedPorts;
         user = {
@@ -164,6 +165,16 @@ in
       default = false;
       example = true;
       description = "Move protected paths created during a session to `stateDir/quarantine/` instead of leaving them in the workspace.";
+    };
+
+    pidsLimit = lib.mkOption {
+      type = lib.types.nullOr (lib.types.ints.between 8 4194304);
+      default = defaults.pidsLimit;
+      example = 512;
+      description = ''
+        Most processes and threads a session may have at once, enforced by a
+        cgroup of its own (`pids.max`); `null` sets no limit.
+      '';
     };
 
     syncIps = {

@@ -113,6 +113,10 @@ in
     ".idea"
   ];
 
+  # Most processes and threads a session may have at once (the pids.max of
+  # its cgroup): room for builds and language servers, a stop for fork bombs.
+  pidsLimit = 4096;
+
   # Claude Code managed settings (`/etc/claude-code/managed-settings.json`).
   # The firewall is the boundary; these rules make the agent give up early
   # with a clear refusal instead of retrying a command that cannot work.

@@ -41,6 +41,8 @@
   protectedPaths ? null,
   # Move protected paths created during a session into the state directory.
   quarantine ? false,
+  # Resource limits: { pids ? 4096; }; pids = null sets none.
+  limits ? { },
   # Store path of the nixpkgs the sandbox was built from, for `<nixpkgs>` and
   # the `nixpkgs` flake inside; null leaves both unset.
   nixpkgsPath ? null,
@@ -120,6 +122,13 @@ let
       v
     else
       throw "render.nix: ${what} must be a port number 1-65535, got ${toJSON v}";
+
+  checkPidsLimit =
+    what: v:
+    if isInt v && v >= 8 then
+      v
+    else
+      throw "render.nix: ${what} must be an integer of at least 8 (or null for no limit), got ${toJSON v}";
 
   # Variables that would let the caller of the sudo wrapper steer the root-side
   # shell or the dynamic linker; sudo drops most of them, this makes the
@@ -439,6 +448,11 @@ let
     workspace = {
       protectedPaths = protected;
       quarantine = checkBool "quarantine" quarantine;
+    };
+    limits = {
+      pids = checkNullOr "limits.pids" checkPidsLimit (
+        (checkKeys "limits" [ "pids" ] limits).pids or defaults.pidsLimit
+      );
     };
   };
 in

@@ -29,6 +29,8 @@
   stateDir ? "/srv/claude-chroot",
   protectedPaths ? null,
   quarantine ? false,
+  # Resource limits: { pids; }; unset ones take render.nix's defaults.
+  limits ? { },
   # Extra variable names let in from the invoker, and variables set inside.
   passEnv ? [ ],
   environment ? { },
@@ -53,6 +55,7 @@ in
     managedSettings
     protectedPaths
     quarantine
+    limits
     passEnv
     environment
     extraMounts

@@ -19,7 +19,7 @@ options@{
   # nixpkgs for `<nixpkgs>` and the `nixpkgs` flake inside; null leaves both unset.
   nixpkgsPath ? pkgs.path,
   # The rest (domains, ports, nameservers, managedSettings, user, stateDir,
-  # protectedPaths, quarantine, passEnv, environment, extraMounts) is taken,
+  # protectedPaths, quarantine, limits, passEnv, environment, extraMounts) is taken,
   # with its defaults and checks, by nix/sandbox-args.nix.
   ...
 }:

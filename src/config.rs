@@ -32,6 +32,15 @@ pub struct Config {
     pub managed_settings: ManagedSettings,
     pub network: Network,
     pub workspace: WorkspacePolicy,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Limits {
+    /// Most processes and threads the session may have at once (a cgroup's `pids.max`);
+    /// `null` sets no limit.
+    pub pids: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -195,6 +204,14 @@ impl Config {
         }
         if self.user.uid == Some(0) || self.user.gid == Some(0) {
             bail!("user.uid and user.gid must not be 0: the agent never runs as root");
+        }
+        if let Some(n) = self.limits.pids
+            && n < crate::cgroup::MIN_PIDS
+        {
+            bail!(
+                "limits.pids is {n}: a session needs at least {} processes",
+                crate::cgroup::MIN_PIDS
+            );
         }
         for p in &self.workspace.protected_paths {
             if p.is_absolute()

@@ -13,8 +13,9 @@ use crate::identity::{self, Identity};
 use crate::mounts::{self, SessionMounts};
 use crate::sandbox::{Launch, Running};
 use crate::session::{self, Session};
+use crate::weaken::{self, Knob};
 use crate::workspace::Workspace;
-use crate::{home, network, protect, settings, terminal};
+use crate::{cgroup, home, network, protect, settings, terminal};
 
 /// What the command line asks of `enter`.
 #[derive(Debug, Clone)]
@@ -22,6 +23,8 @@ pub struct EnterArgs {
     pub config: PathBuf,
     pub network: Option<NetworkMode>,
     pub verbose: bool,
+    /// Bind this file (the activator itself) at [`crate::probe::INSIDE_PATH`].
+    pub probe_binary: Option<PathBuf>,
     pub workspace: PathBuf,
     pub command: Vec<String>,
 }
@@ -226,6 +229,18 @@ fn run(args: &EnterArgs, c: &Checked, session: &mut Session, timings: &mut Timin
     let new_root = session.dir.join("root");
     std::fs::create_dir(&new_root)
         .with_context(|| format!("cannot create {}", new_root.display()))?;
+    // The pids-limited cgroup, recorded before it exists so that `cleanup` finds it.
+    let cgroup = match c.config.limits.pids {
+        Some(limit) => {
+            let id = session.id.clone();
+            let cgroup = cgroup::PidsCgroup::create(&id, limit, |path| {
+                session.info.cgroup = Some(path.to_path_buf());
+                session.save()
+            })?;
+            Some(cgroup)
+        }
+        None => None,
+    };
     timings.mark("state");
 
     // Make the existing protected paths read-only; the others are compared at exit.
@@ -254,6 +269,7 @@ fn run(args: &EnterArgs, c: &Checked, session: &mut Session, timings: &mut Timin
                 .iter()
                 .map(|(rel, fd, is_dir)| (rel.clone(), fd.as_raw_fd(), *is_dir))
                 .collect(),
+            probe_binary: args.probe_binary.clone(),
         },
     );
     let launch = Launch {
@@ -277,6 +293,14 @@ fn run(args: &EnterArgs, c: &Checked, session: &mut Session, timings: &mut Timin
     );
     let started = SystemTime::now();
     let mut running = Running::spawn(launch)?;
+    // Nothing in the sandbox forks before the go-ahead, so the whole session is inside.
+    if let Some(cgroup) = &cgroup
+        && !weaken::active(Knob::PidsLimit)
+    {
+        cgroup
+            .add(running.pid())
+            .context("cannot put the session into its pids-limited cgroup")?;
+    }
     timings.mark("clone");
 
     // Connect and filter the sandbox's network while the child builds its root; nothing

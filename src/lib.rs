@@ -5,6 +5,7 @@
 //! the network filter, the privilege drop, and teardown.
 
 pub mod allowlist;
+pub mod cgroup;
 pub mod config;
 pub mod enter;
 pub mod firewall;

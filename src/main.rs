@@ -142,7 +142,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 config: config.config,
                 network: network_mode(no_network, full_network),
                 verbose,
-                // TODO: pass probe_binary once EnterArgs binds it (next commit).
+                probe_binary,
                 workspace,
                 command,
             })?;

@@ -15,6 +15,7 @@ use nix::sys::stat::{SFlag, lstat};
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::weaken::{self, Knob};
 
 /// Where the old root stays reachable until it is detached.
 const OLD_ROOT: &str = "/oldroot";
@@ -74,6 +75,8 @@ pub struct SessionMounts {
     /// Workspace-relative paths to make read-only: detached trees and whether each is
     /// a directory.
     pub protected: Vec<(PathBuf, RawFd, bool)>,
+    /// The activator itself, bound read-only at [`crate::probe::INSIDE_PATH`] for `selftest`.
+    pub probe_binary: Option<PathBuf>,
 }
 
 /// Device nodes bound from the host, as bubblewrap's `--dev` does.
@@ -157,6 +160,14 @@ pub fn plan(config: &Config, s: &SessionMounts) -> Vec<Step> {
         target: "/var/tmp".into(),
         points_to: "/tmp".into(),
     });
+    if let Some(binary) = &s.probe_binary {
+        steps.push(Step::Bind {
+            source: Source::Host(binary.clone()),
+            target: crate::probe::INSIDE_PATH.into(),
+            writable: false,
+            optional: false,
+        });
+    }
     steps.push(Step::Bind {
         source: Source::Fd {
             name: "sandbox home".into(),
@@ -466,7 +477,11 @@ fn run_step(step: &Step) -> Result<()> {
                 }
             }
             // No setuid or device file gains anything inside, wherever it comes from.
-            let mut attrs = MOUNT_ATTR_NOSUID;
+            let mut attrs = if weaken::active(Knob::Nosuid) {
+                0
+            } else {
+                MOUNT_ATTR_NOSUID
+            };
             if !target.starts_with("/dev") {
                 attrs |= MOUNT_ATTR_NODEV;
             }
@@ -504,7 +519,8 @@ mod tests {
                 "mode": "allowlist", "allowlistFile": null, "domains": [], "tcpPorts": [443],
                 "udpPorts": [], "nameservers": [], "resolveTimeoutMs": 1000
               },
-              "workspace": { "protectedPaths": [".git/config"], "quarantine": false }
+              "workspace": { "protectedPaths": [".git/config"], "quarantine": false },
+              "limits": { "pids": null }
             }"#,
         )
         .unwrap()
@@ -523,6 +539,7 @@ mod tests {
                 hosts: session.join("hosts"),
                 managed_settings: session.join("managed-settings.json"),
                 protected: vec![(".git/config".into(), 12, false)],
+                probe_binary: None,
             },
         );
         insta::assert_json_snapshot!(steps);
@@ -540,6 +557,7 @@ mod tests {
                 hosts: "/h".into(),
                 managed_settings: "/m".into(),
                 protected: vec![(".git/config".into(), 12, false)],
+                probe_binary: Some("/a".into()),
             },
         );
         let position = |target: &str| {
@@ -550,6 +568,11 @@ mod tests {
         };
         assert!(position("/workspace") < position("/workspace/.git/config"));
         assert!(position("/etc") < position("/etc/claude-code/managed-settings.json"));
+        let run = steps
+            .iter()
+            .position(|s| matches!(s, Step::Tmpfs { target: t, .. } if t == Path::new("/run")))
+            .unwrap();
+        assert!(run < position(crate::probe::INSIDE_PATH));
     }
 
     #[test]

@@ -19,6 +19,7 @@ use crate::allowlist::Allowlist;
 use crate::config::{Config, NetworkMode};
 use crate::firewall::{self, Blocked};
 use crate::pasta::{self, Pasta};
+use crate::weaken::{self, Knob};
 
 /// What `setup` started; `finish` reads the counters and stops it.
 #[derive(Debug)]
@@ -85,7 +86,11 @@ pub fn setup_with_allowlist(
             // Load the filter and start pasta at the same time: nothing in the sandbox runs
             // until both are done (the child waits for the go-ahead), and a failure of
             // either ends the session before the agent starts.
-            let ruleset = firewall::ruleset(allowlist, &net.tcp_ports, &net.udp_ports);
+            let mut tcp_ports = net.tcp_ports.clone();
+            if weaken::active(Knob::PortFilter) {
+                tcp_ports.extend(crate::selftest::CLOSED_PORTS);
+            }
+            let ruleset = firewall::ruleset(allowlist, &tcp_ports, &net.udp_ports);
             let fd = session.netns.as_ref().expect("namespace held").as_fd();
             let loading = firewall::start_apply(&config.tools.nft, fd, &ruleset)?;
             let pasta = pasta::start(&config.tools.pasta, &ns_path, verbose);

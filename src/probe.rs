@@ -82,6 +82,8 @@ pub struct Plan {
     pub udp_port: u16,
     /// The user's nameservers (configured, else the host's).
     pub nameservers: Vec<IpAddr>,
+    /// The session's pids limit, if the configuration sets one.
+    pub pids_limit: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -258,7 +260,7 @@ pub fn all(plan: &Plan) -> Vec<Finding> {
     f.push(nftables(plan));
     f.extend(network(plan));
     f.push(leave_process(plan));
-    f.push(pids_limit());
+    f.push(pids_limit(plan));
     f
 }
 

@@ -188,8 +188,7 @@ impl Running {
             | CloneFlags::CLONE_NEWPID
             | CloneFlags::CLONE_NEWNET
             | CloneFlags::CLONE_NEWIPC
-            | CloneFlags::CLONE_NEWUTS
-            | CloneFlags::CLONE_NEWCGROUP;
+            | CloneFlags::CLONE_NEWUTS;
         if weaken::active(Knob::PidNamespace) {
             flags.remove(CloneFlags::CLONE_NEWPID);
         }
@@ -511,6 +510,10 @@ fn child_setup(launch: &Launch, sock: BorrowedFd<'_>) -> Result<ChildSetup> {
         Some((t, _, _)) => bail!("unexpected message {:?} from the activator", t as char),
         None => bail!("the activator went away"),
     }
+    // The activator has moved us into the session's cgroup (when there is a pids limit):
+    // a cgroup namespace made now has that cgroup as its root, so the agent sees nothing
+    // of the host's cgroup tree.
+    nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP).context("unshare the cgroup namespace")?;
 
     // Close every descriptor but the socket and the terminal before dropping privileges.
     let mut keep = vec![sock.as_raw_fd()];

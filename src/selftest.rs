@@ -349,6 +349,7 @@ fn plan(
         tcp_port: tcp.first().copied().unwrap_or(443),
         udp_port: udp.first().copied().unwrap_or(443),
         nameservers: nameservers(config),
+        pids_limit: config.limits.pids,
     };
     Ok(plan)
 }

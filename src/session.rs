@@ -37,6 +37,9 @@ pub struct SessionInfo {
     /// Processes the session started on the host side (pasta), killed by `cleanup`.
     #[serde(default)]
     pub helpers: Vec<Helper>,
+    /// The session's pids-limited cgroup, removed once its processes are gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<PathBuf>,
 }
 
 /// A host-side process of a session, identified by pid and start time so that `cleanup`
@@ -144,6 +147,7 @@ impl Session {
             uid,
             immutable: Vec::new(),
             helpers: Vec::new(),
+            cgroup: None,
         };
         let session = Session {
             id,
@@ -209,6 +213,9 @@ impl Session {
 fn remove_session_dir(dir: &Path, info: &SessionInfo) -> Result<()> {
     for helper in &info.helpers {
         kill_helper(helper);
+    }
+    if let Some(cgroup) = &info.cgroup {
+        crate::cgroup::remove(cgroup)?;
     }
     for path in &info.immutable {
         if path.exists() {
@@ -309,6 +316,7 @@ pub fn cleanup(state_dir: &Path, purge: bool) -> Result<Vec<String>> {
             uid: 0,
             immutable: Vec::new(),
             helpers: Vec::new(),
+            cgroup: None,
         });
         let text = describe(&f);
         remove_session_dir(&f.dir, &info)?;

@@ -34,10 +34,12 @@ pub enum Knob {
     Pty,
     /// The firewall allows the ports `selftest` probes on allowed addresses (`enter`).
     PortFilter,
+    /// The session's processes are not put into its pids-limited cgroup (`enter`).
+    PidsLimit,
 }
 
 impl Knob {
-    pub const ALL: [Knob; 8] = [
+    pub const ALL: [Knob; 9] = [
         Knob::Seccomp,
         Knob::NoNewPrivs,
         Knob::Privileges,
@@ -46,6 +48,7 @@ impl Knob {
         Knob::NetNamespace,
         Knob::Pty,
         Knob::PortFilter,
+        Knob::PidsLimit,
     ];
 
     /// The name used in `CLAUDE_CHROOT_TEST_WEAKEN`.
@@ -59,6 +62,7 @@ impl Knob {
             Knob::NetNamespace => "net-namespace",
             Knob::Pty => "pty",
             Knob::PortFilter => "port-filter",
+            Knob::PidsLimit => "pids-limit",
         }
     }
 }

@@ -124,11 +124,17 @@ fn bad_configs_are_refused() {
     nested["user"]["shell"] = serde_json::json!("/bin/sh");
     let mut root_uid = f.activate.clone();
     root_uid["user"]["uid"] = serde_json::json!(0);
+    let mut pids = f.activate.clone();
+    pids["limits"]["pids"] = serde_json::json!(1);
     let cases = [
         (unknown, "unknown field `surprise`"),
         (version, "config version 2 is not supported"),
         (nested, "unknown field `shell`"),
         (root_uid, "must not be 0"),
+        (
+            pids,
+            "limits.pids is 1: a session needs at least 8 processes",
+        ),
     ];
     for (config, needle) in cases {
         let path = f.dir.path().join("bad.json");

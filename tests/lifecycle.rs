@@ -151,11 +151,13 @@ fn killing_the_activator_kills_the_agent_and_cleanup_removes_the_rest() {
         assert!(Instant::now() < deadline, "{:?}", processes_with(&marker));
         std::thread::sleep(Duration::from_millis(20));
     }
-    // The state is still there, with its immutable settings copy.
+    // The state is still there, with its immutable settings copy and its cgroup.
     let sessions = f.sessions();
     assert_eq!(sessions.len(), 1);
     let copy = sessions[0].join("managed-settings.json");
     assert!(claude_chroot::immutable::is_set(&copy).unwrap());
+    let cgroup = session_cgroup(&f);
+    assert!(cgroup.exists());
 
     let out = f
         .command(None)
@@ -170,6 +172,7 @@ fn killing_the_activator_kills_the_agent_and_cleanup_removes_the_rest() {
         stderr(&out)
     );
     assert!(f.sessions().is_empty());
+    assert!(!cgroup.exists(), "{} left behind", cgroup.display());
 
     let out = f
         .command(None)
@@ -296,4 +299,66 @@ fn without_a_configured_uid_the_agent_runs_as_the_invoker_and_root_gets_1000() {
         .output()
         .unwrap();
     assert_eq!(ok(&out), "1000\n1000\n");
+}
+
+/// The cgroup a session recorded in its state directory.
+fn session_cgroup(f: &Fixture) -> std::path::PathBuf {
+    let sessions = f.sessions();
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(sessions[0].join("session.json")).unwrap()).unwrap();
+    info["cgroup"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no cgroup recorded: {info}"))
+        .into()
+}
+
+#[test]
+fn a_fork_bomb_stops_at_the_pids_limit_and_the_cgroup_goes_with_the_session() {
+    let f = Fixture::new();
+    let mut config = f.activate.clone();
+    config["limits"]["pids"] = serde_json::json!(32);
+    std::fs::write(&f.config, serde_json::to_vec(&config).unwrap()).unwrap();
+    let a = ALICE.ensure();
+    let ws = f.workspace("ws", a);
+    // Bounded, so that a broken limit fails the test instead of the machine.
+    let bomb = "import os, signal\n\
+                n = 0\n\
+                try:\n\
+                \x20   while n < 200:\n\
+                \x20       if os.fork() == 0:\n\
+                \x20           signal.pause()\n\
+                \x20       n += 1\n\
+                \x20   print(n, 0)\n\
+                except OSError as e:\n\
+                \x20   print(n, e.errno)\n";
+    std::fs::write(ws.join("bomb.py"), bomb).unwrap();
+    let child = spawn(
+        &f,
+        a,
+        &ws,
+        "python3 bomb.py > result; cat /proc/self/cgroup > cgroup; touch started; \
+         while [ ! -e go ]; do sleep 0.05; done",
+    );
+    wait_for(&ws.join("started"));
+    let cgroup = session_cgroup(&f);
+    assert_eq!(
+        std::fs::read_to_string(cgroup.join("pids.max"))
+            .unwrap()
+            .trim(),
+        "32"
+    );
+    let result = std::fs::read_to_string(ws.join("result")).unwrap();
+    let (forked, errno) = result.trim().split_once(' ').unwrap();
+    // init, the shell and python are in the cgroup too.
+    assert!(forked.parse::<u32>().unwrap() <= 29, "{result}");
+    assert_eq!(errno, libc::EAGAIN.to_string(), "{result}");
+    // The cgroup namespace starts at the session's cgroup: no host path shows inside.
+    let inside = std::fs::read_to_string(ws.join("cgroup")).unwrap();
+    assert!(!inside.contains("claude-chroot"), "{inside}");
+
+    std::fs::write(ws.join("go"), "").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!cgroup.exists(), "{} left behind", cgroup.display());
 }

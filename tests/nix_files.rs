@@ -281,6 +281,14 @@ fn wrong_types_and_values_are_rejected_with_a_message() {
             "{ extraMounts = [ { source = \"/a\"; } ]; }",
             "extraMounts element.target",
         ),
+        (
+            "{ limits = { pids = 2; }; }",
+            "limits.pids must be an integer of at least 8",
+        ),
+        (
+            "{ limits = { pid = 64; }; }",
+            "unknown limits attribute(s): pid",
+        ),
     ] {
         let err = render_error(extra);
         assert!(

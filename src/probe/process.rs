@@ -211,11 +211,50 @@ pub(super) fn detach_child(name: &str) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn pids_limit() -> Finding {
-    Finding::new(
+pub(super) fn pids_limit(plan: &Plan) -> Finding {
+    let f = Finding::new(
         "pids-limit",
         "exhaust resources with a fork bomb",
         "fork until refused",
-    )
-    .skipped("the configuration sets no pids limit (activate.json has no such setting yet)")
+    );
+    let Some(limit) = plan.pids_limit else {
+        return f.skipped("the configuration sets no pids limit (limits.pids is null)");
+    };
+    // The session already has init and this process, so `limit` children are too many.
+    let mut children = Vec::new();
+    let refused = loop {
+        if children.len() >= limit as usize {
+            break None;
+        }
+        // SAFETY: the child only calls async-signal-safe functions until it is killed.
+        match unsafe { nix::unistd::fork() } {
+            Ok(nix::unistd::ForkResult::Child) => unsafe {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                loop {
+                    libc::pause();
+                }
+            },
+            Ok(nix::unistd::ForkResult::Parent { child }) => children.push(child),
+            Err(e) => break Some(e),
+        }
+    };
+    for &child in &children {
+        let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+    }
+    for &child in &children {
+        let _ = nix::sys::wait::waitpid(child, None);
+    }
+    let n = children.len();
+    match refused {
+        Some(Errno::EAGAIN) => f.held(format!(
+            "fork refused with EAGAIN after {n} processes (limit {limit})"
+        )),
+        Some(e) => f.broken(format!(
+            "fork failed with {} after {n} processes, before the limit of {limit} applied",
+            errno_name(e)
+        )),
+        None => f.broken(format!(
+            "{n} processes forked, more than the limit of {limit} allows"
+        )),
+    }
 }

@@ -488,7 +488,8 @@ pub fn config(
             "nameservers": nameservers,
             "resolveTimeoutMs": 1000
         },
-        "workspace": { "protectedPaths": [], "quarantine": false }
+        "workspace": { "protectedPaths": [], "quarantine": false },
+        "limits": { "pids": null }
     });
     claude_chroot::config::Config::parse(&json.to_string()).expect("test config")
 }

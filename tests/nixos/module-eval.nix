@@ -183,6 +183,7 @@ let
         ".envrc"
       ];
       quarantine = true;
+      pidsLimit = 512;
       syncIps = {
         enable = true;
         interval = "hourly";
