@@ -2,7 +2,7 @@
 # Stage 2 of bench/run: RUNS sessions per network mode with `-v`, keeping the
 # activator's own `timing:` line of each (one file per mode).
 #
-# Runs inside the lab's host namespace (bench/run starts it with `ip netns exec`).
+# Runs inside the lab's host namespace (bench/run starts it there).
 # Environment: BIN CFG WS BENCH_UID BENCH_USER RUNS OUT.
 set -euo pipefail
 

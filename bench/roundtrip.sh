@@ -1,10 +1,10 @@
 #!/bin/bash
 # Stage 1 of bench/run: one hyperfine run of `/bin/true` in every sandbox variant.
 #
-# bench/run starts this through `ip netns exec LAB-HOST`, so every variant starts
-# from the same network namespace (pasta attaches to the lab, never to the machine)
-# and the bind mounts of the unshare+chroot tree live in the private mount
-# namespace `ip netns exec` creates: they vanish when this script ends.
+# bench/run starts this in the lab's host network namespace and a private mount
+# namespace, so every variant starts from the same network namespace (pasta attaches
+# to the lab, never to the machine) and the bind mounts of the unshare+chroot tree
+# vanish when this script ends.
 #
 # Environment (set by bench/run): BIN CFG WS SKEL HOMEDIR TREE BENCH_UID
 # BENCH_USER RUNS WARMUP OUT.

@@ -139,9 +139,12 @@ impl PidsCgroup {
         &self.dir
     }
 
-    /// Move `pid` (and so everything it starts later) into the cgroup.
-    pub fn add(&self, pid: Pid) -> Result<()> {
-        write(&self.dir.join("cgroup.procs"), &pid.to_string())
+    /// Move `pid` (and so everything it starts later) into the cgroup, on a thread of its
+    /// own: the kernel makes the move wait for an RCU grace period, which the caller can
+    /// spend on other work.
+    pub fn attach(&self, pid: Pid) -> std::thread::JoinHandle<Result<()>> {
+        let procs = self.dir.join("cgroup.procs");
+        std::thread::spawn(move || write(&procs, &pid.to_string()))
     }
 }
 

@@ -294,13 +294,12 @@ fn run(args: &EnterArgs, c: &Checked, session: &mut Session, timings: &mut Timin
     let started = SystemTime::now();
     let mut running = Running::spawn(launch)?;
     // Nothing in the sandbox forks before the go-ahead, so the whole session is inside.
-    if let Some(cgroup) = &cgroup
-        && !weaken::active(Knob::PidsLimit)
-    {
-        cgroup
-            .add(running.pid())
-            .context("cannot put the session into its pids-limited cgroup")?;
-    }
+    // Moving a process between cgroups waits for an RCU grace period (milliseconds), so
+    // it runs beside the network setup and the child's mounts.
+    let attach = cgroup
+        .as_ref()
+        .filter(|_| !weaken::active(Knob::PidsLimit))
+        .map(|cgroup| cgroup.attach(running.pid()));
     timings.mark("clone");
 
     // Connect and filter the sandbox's network while the child builds its root; nothing
@@ -315,6 +314,12 @@ fn run(args: &EnterArgs, c: &Checked, session: &mut Session, timings: &mut Timin
     );
     timings.mark("network");
     running.mounted()?;
+    if let Some(attach) = attach {
+        attach
+            .join()
+            .map_err(|_| anyhow::anyhow!("the cgroup thread panicked"))?
+            .context("cannot put the session into its pids-limited cgroup")?;
+    }
     let net = net?;
     timings.mark("mounts");
     if let Some(helper) = net

@@ -169,8 +169,9 @@ impl Session {
         let tmp = self.dir.join("session.json.tmp");
         let mut f =
             File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-        serde_json::to_writer_pretty(&mut f, &self.info)?;
-        f.write_all(b"\n")?;
+        let mut text = serde_json::to_vec_pretty(&self.info)?;
+        text.push(b'\n');
+        f.write_all(&text)?;
         if durable {
             f.sync_all()?;
         }
