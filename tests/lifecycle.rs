@@ -338,7 +338,7 @@ fn a_fork_bomb_stops_at_the_pids_limit_and_the_cgroup_goes_with_the_session() {
         a,
         &ws,
         "python3 bomb.py > result; cat /proc/self/cgroup > cgroup; touch started; \
-         while [ ! -e go ]; do sleep 0.05; done",
+         for i in $(seq 600); do [ -e go ] && break; sleep 0.05; done",
     );
     wait_for(&ws.join("started"));
     let cgroup = session_cgroup(&f);

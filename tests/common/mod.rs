@@ -262,7 +262,10 @@ impl Fixture {
 
 impl Drop for Fixture {
     fn drop(&mut self) {
-        // Let TempDir remove everything: clear immutable flags a failed test may leave.
+        // Undo what a killed activator left outside the directory (its cgroup), as
+        // `cleanup` does; then let TempDir remove the rest, clearing the immutable flags
+        // of sessions still running after a failed test.
+        let _ = claude_chroot::session::cleanup(&self.state, false);
         for s in self.sessions() {
             let f = s.join("managed-settings.json");
             if f.exists() {
