@@ -172,7 +172,7 @@ for n in names:
 emit("")
 
 # --- Targets --------------------------------------------------------------------------------
-emit("## Targets (issue 6)\n")
+emit("## Targets\n")
 emit("| target | measured | met |")
 emit("|---|---|---|")
 
