@@ -1,4 +1,5 @@
-# `nix run .#enter -- ./project`, `nix run .#sync-ips`, `nix run .#cleanup`.
+# `nix run .#enter -- ./project`, `nix run .#sync-ips`, `nix run .#cleanup`,
+# `nix run .#selftest`.
 { pkgs, self }:
 let
   inherit (pkgs) lib;
@@ -21,5 +22,6 @@ rec {
   enter = app null "Start a sandboxed Claude Code session on a project directory";
   sync-ips = app "sync-ips" "Resolve the allowed domains and review the allowlist";
   cleanup = app "cleanup" "Remove what interrupted sessions left behind";
+  selftest = app "selftest" "Try to escape from a real session and report what held";
   default = enter;
 }
