@@ -13,6 +13,8 @@
           machine.fail("findmnt -rn | grep -e /workspace -e claude-chroot")
           machine.succeed(f"test -z \"$(ls -A {STATE}/sessions 2>/dev/null)\"")
           machine.fail(f"lsattr -R {STATE} 2>/dev/null | grep -- '-i-'")
+          # Session cgroups (cgroup v2 on NixOS) are gone too.
+          machine.succeed("test -z \"$(find /sys/fs/cgroup/claude-chroot -mindepth 1 -type d 2>/dev/null)\"")
 
       with subtest("selftest passes"):
           machine.succeed("claude-chroot selftest")
