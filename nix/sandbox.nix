@@ -102,6 +102,8 @@ let
         jq -e --arg f "$out/etc/claude-code/managed-settings.json" \
           '.managedSettings.default == $f' "$config" > /dev/null
         test -d "$(jq -r '.environment.set.PATH' "$config")"
+        # The activator's own strict parser: a field it does not know stops here.
+        ${lib.getExe' activator "claude-chroot-activate"} check-config --config "$config"
       '';
 
   config = "${skeleton}/activate.json";

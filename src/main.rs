@@ -98,6 +98,11 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Check an activation config as `enter` would read it, without root (for builds).
+    CheckConfig {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Remove what dead sessions left behind (immutable flags, state, locks).
     Cleanup {
         #[command(flatten)]
@@ -170,6 +175,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             identity::require_root()?;
             let config = Config::load(&config.config)?;
             Ok(ExitCode::from(sync_ips::run(&config, yes, check)?))
+        }
+        Command::CheckConfig { config } => {
+            Config::load(&config.config)?;
+            println!("{}: valid", config.config.display());
+            Ok(ExitCode::SUCCESS)
         }
         Command::Cleanup { config, purge } => {
             identity::require_root()?;

@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::os::unix::fs::symlink;
+use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::Path;
 use std::process::Output;
 
@@ -188,4 +188,40 @@ fn missing_allowlist_is_refused_with_a_pointer_to_sync_ips() {
     let a = ALICE.ensure();
     let ws = f.workspace("ws", a);
     refused(&f, "sync-ips", || f.run_args(a, &[], &ws, &["/bin/true"]));
+}
+
+#[test]
+fn check_config_accepts_the_rendered_config_and_names_what_is_wrong_without_root() {
+    let f = Fixture::new();
+    let a = ALICE.ensure();
+    // As the test user: a build checks the config without privileges.
+    let check = |path: &Path| {
+        let mut cmd = f.command(None);
+        cmd.args(["check-config", "--config"]).arg(path);
+        // SAFETY: setgid/setuid between fork and exec, async-signal-safe.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                nix::unistd::setgid(nix::unistd::Gid::from_raw(a.gid()))?;
+                nix::unistd::setuid(nix::unistd::Uid::from_raw(a.uid))?;
+                Ok(())
+            });
+        }
+        cmd.output().unwrap()
+    };
+    let out = check(&f.config);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("valid"));
+
+    let mut unknown = f.activate.clone();
+    unknown["limits"]["memory"] = serde_json::json!(1);
+    let path = f.dir.path().join("bad.json");
+    std::fs::write(&path, serde_json::to_vec(&unknown).unwrap()).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = check(&path);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        stderr(&out).contains("unknown field `memory`"),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -16,6 +16,7 @@ fn help_texts_match_snapshots() {
     insta::assert_snapshot!("enter_help", help(&["enter", "--help"]));
     insta::assert_snapshot!("sync_ips_help", help(&["sync-ips", "--help"]));
     insta::assert_snapshot!("selftest_help", help(&["selftest", "--help"]));
+    insta::assert_snapshot!("check_config_help", help(&["check-config", "--help"]));
     insta::assert_snapshot!("cleanup_help", help(&["cleanup", "--help"]));
 }
 
