@@ -19,6 +19,9 @@ pub struct Allowlist {
     names: BTreeMap<String, BTreeSet<IpAddr>>,
 }
 
+/// What to do about a missing or unusable allowlist.
+const SYNC_FIX: &str = "run claude-chroot sync-ips";
+
 impl Allowlist {
     pub fn new() -> Allowlist {
         Allowlist::default()
@@ -55,32 +58,43 @@ impl Allowlist {
     /// Read the allowlist `enter` filters on. Missing, empty, malformed or writable by
     /// someone other than root: refuse, and say how to fix it.
     pub fn load(path: &Path) -> Result<Allowlist> {
-        let fix = "run claude-chroot sync-ips";
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
+        use std::io::Read;
+        let mut file = match std::fs::File::open(path) {
+            Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                bail!("allowlist {} does not exist: {fix}", path.display())
+                bail!("allowlist {} does not exist: {SYNC_FIX}", path.display())
             }
             Err(e) => {
-                return Err(e)
-                    .with_context(|| format!("cannot read allowlist {}: {fix}", path.display()));
+                return Err(e).with_context(|| {
+                    format!("cannot read allowlist {}: {SYNC_FIX}", path.display())
+                });
             }
         };
-        let meta = std::fs::metadata(path)
+        // The owner of the file that is read, not of whatever the path names later.
+        let meta = file
+            .metadata()
             .with_context(|| format!("cannot stat allowlist {}", path.display()))?;
         if meta.uid() != 0 || meta.mode() & 0o022 != 0 {
             bail!(
                 "allowlist {} must be owned by root and writable only by root \
-                 (owner uid {}, mode {:o}): {fix}",
+                 (owner uid {}, mode {:o}): {SYNC_FIX}",
                 path.display(),
                 meta.uid(),
                 meta.mode() & 0o7777
             );
         }
-        let list = Allowlist::parse(&text)
-            .with_context(|| format!("allowlist {} is malformed: {fix}", path.display()))?;
+        let mut text = String::new();
+        file.read_to_string(&mut text)
+            .with_context(|| format!("cannot read allowlist {}: {SYNC_FIX}", path.display()))?;
+        Self::from_file_text(&text, path)
+    }
+
+    /// The contents of the allowlist file at `path`: malformed or empty is refused.
+    fn from_file_text(text: &str, path: &Path) -> Result<Allowlist> {
+        let list = Allowlist::parse(text)
+            .with_context(|| format!("allowlist {} is malformed: {SYNC_FIX}", path.display()))?;
         if list.is_empty() {
-            bail!("allowlist {} is empty: {fix}", path.display());
+            bail!("allowlist {} is empty: {SYNC_FIX}", path.display());
         }
         Ok(list)
     }
@@ -266,29 +280,36 @@ mod tests {
     }
 
     #[test]
-    fn load_refuses_missing_empty_and_malformed_files() {
-        let dir = std::env::temp_dir().join(format!("allowlist-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("allowed-ips.conf");
-        let _ = std::fs::remove_file(&path);
+    fn load_refuses_missing_files_and_files_not_owned_by_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("allowed-ips.conf");
         let err = format!("{:#}", Allowlist::load(&path).unwrap_err());
         assert!(
             err.contains("does not exist") && err.contains("sync-ips"),
             "{err}"
         );
-
-        std::fs::write(&path, "# only comments\n").unwrap();
+        std::fs::write(&path, "1.2.3.4 fine.example\n").unwrap();
+        if nix::unistd::geteuid().is_root() {
+            std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+        }
         let err = format!("{:#}", Allowlist::load(&path).unwrap_err());
+        assert!(err.contains("must be owned by root"), "{err}");
+    }
+
+    #[test]
+    fn empty_and_malformed_allowlists_are_refused_with_the_line() {
+        let path = Path::new("/srv/claude-chroot/allowed-ips.conf");
+        let err = format!(
+            "{:#}",
+            Allowlist::from_file_text("# only comments\n", path).unwrap_err()
+        );
         assert!(
             err.contains("is empty") && err.contains("sync-ips"),
             "{err}"
         );
-
-        std::fs::write(&path, "1.2.3.4 fine.example\nnot-an-address x\n").unwrap();
-        let err = format!("{:#}", Allowlist::load(&path).unwrap_err());
+        let text = "1.2.3.4 fine.example\nnot-an-address x\n";
+        let err = format!("{:#}", Allowlist::from_file_text(text, path).unwrap_err());
         assert!(err.contains("line 2") && err.contains("sync-ips"), "{err}");
         assert!(err.contains(&path.display().to_string()), "{err}");
-
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
