@@ -15,15 +15,6 @@ import subprocess
 import sys
 import tempfile
 
-HOST_BINDS = """[
-  { source = "/usr"; target = "/usr"; }
-  { source = "/bin"; target = "/bin"; }
-  { source = "/sbin"; target = "/sbin"; }
-  { source = "/lib"; target = "/lib"; }
-  { source = "/lib64"; target = "/lib64"; optional = true; }
-  { source = "/etc/alternatives"; target = "/etc/alternatives"; optional = true; }
-]"""
-
 
 def main():
     repo, skeleton, state, config_out, network, uid = sys.argv[1:7]
@@ -33,7 +24,7 @@ def main():
       tools = {{ shell = "/bin/bash"; nft = "/usr/sbin/nft"; pasta = "/usr/bin/pasta"; }};
       path = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin";
       mounts = [ ];
-      extraMounts = {HOST_BINDS};
+      extraMounts = import {repo}/tests/host-binds.nix;
       user = {{ uid = {uid}; gid = {uid}; }};
       network = {network};
     }}"""

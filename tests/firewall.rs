@@ -31,16 +31,6 @@ fn load_ruleset(ns: &str) {
     firewall::apply(Path::new(NFT), file.as_fd(), &ruleset).unwrap();
 }
 
-/// Whether `pid` has exited (gone, or a zombie waiting for init to reap it).
-fn exited(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| rest.starts_with('Z')),
-    }
-}
-
 fn counted(blocked: &[Blocked], address: &str, protocol: &str, port: Option<u16>) -> bool {
     blocked.iter().any(|b| {
         b.address == addr(address) && b.protocol == protocol && b.port == port && b.packets > 0

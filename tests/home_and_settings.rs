@@ -4,7 +4,6 @@
 mod common;
 
 use std::os::unix::fs::symlink;
-use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -20,34 +19,6 @@ fn reset_home(user: TestUser) {
 fn shadow_line() -> String {
     let shadow = std::fs::read_to_string("/etc/shadow").unwrap();
     shadow.lines().next().unwrap().to_string()
-}
-
-fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            let md = std::fs::symlink_metadata(&p).unwrap();
-            let rel = p.strip_prefix(dir).unwrap().display().to_string();
-            if md.is_dir() {
-                stack.push(p);
-                out.push((rel, vec![]));
-            } else if md.file_type().is_symlink() {
-                out.push((
-                    rel,
-                    std::fs::read_link(&p)
-                        .unwrap()
-                        .into_os_string()
-                        .into_encoded_bytes(),
-                ));
-            } else {
-                out.push((rel, std::fs::read(&p).unwrap()));
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 // Each test uses its own user: the users' homes on the host are shared state.

@@ -176,16 +176,6 @@ fn pasta_children(activator: i32) -> Vec<i32> {
     pids
 }
 
-/// Whether `pid` has exited (gone, or a zombie nobody reaped yet).
-fn exited(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| rest.starts_with('Z')),
-    }
-}
-
 /// Wait up to `timeout` for `pid` (not necessarily our child) to exit, on a pidfd.
 fn wait_for_exit(pid: i32, timeout: Duration) -> bool {
     // SAFETY: pidfd_open takes a PID and flags and returns a new descriptor or -1.

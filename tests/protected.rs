@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
@@ -39,34 +38,6 @@ fn project(f: &Fixture, user: TestUser) -> std::path::PathBuf {
          git add README && git commit -q -m init",
     );
     ws
-}
-
-/// Every file under `dir` with its content (directories and symlinks by kind).
-fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            let rel = p.strip_prefix(dir).unwrap().display().to_string();
-            let md = std::fs::symlink_metadata(&p).unwrap();
-            if md.is_dir() {
-                out.insert(rel, b"<dir>".to_vec());
-                stack.push(p);
-            } else if md.file_type().is_symlink() {
-                out.insert(
-                    rel,
-                    std::fs::read_link(&p)
-                        .unwrap()
-                        .into_os_string()
-                        .into_encoded_bytes(),
-                );
-            } else {
-                out.insert(rel, std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    out
 }
 
 #[test]
@@ -178,9 +149,9 @@ fn the_protection_leaves_no_trace_in_the_workspace() {
     let a = ALICE.ensure();
     let ws = project(&f, a);
     // Some protected paths exist (mounted over), others do not (watched).
-    let before = snapshot(&ws);
+    let before = tree(&ws);
     ok(&f.run(a, &ws, "echo new > /workspace/agent-wrote-this"));
-    let mut after = snapshot(&ws);
+    let mut after = tree(&ws);
     assert_eq!(after.remove("agent-wrote-this"), Some(b"new\n".to_vec()));
     assert_eq!(before, after);
 }

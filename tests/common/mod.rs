@@ -95,16 +95,6 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Host binds standing in for the store's tool environment.
-const HOST_BINDS: &str = r#"[
-  { source = "/usr"; target = "/usr"; }
-  { source = "/bin"; target = "/bin"; }
-  { source = "/sbin"; target = "/sbin"; }
-  { source = "/lib"; target = "/lib"; }
-  { source = "/lib64"; target = "/lib64"; optional = true; }
-  { source = "/etc/alternatives"; target = "/etc/alternatives"; optional = true; }
-]"#;
-
 /// Run `nix-instantiate` with a state directory of the tests' own. Runs are serialised: on a
 /// fresh machine concurrent runs race to create that directory and fail.
 pub fn nix_instantiate(args: &[&str]) -> Output {
@@ -152,7 +142,7 @@ impl Fixture {
               tools = {{ shell = "/bin/bash"; nft = "/usr/sbin/nft"; pasta = "/usr/bin/pasta"; }};
               path = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin";
               mounts = [ ];
-              extraMounts = {binds};
+              extraMounts = import {repo}/tests/host-binds.nix;
               {user}
               {network}
               {protected}
@@ -161,7 +151,6 @@ impl Fixture {
             repo = repo().display(),
             skeleton = skeleton.display(),
             state = state.display(),
-            binds = HOST_BINDS,
             user = opts
                 .user
                 .map(|u| format!("user = {u};"))
@@ -304,4 +293,27 @@ pub fn ok(o: &Output) -> String {
         stderr(o)
     );
     stdout(o)
+}
+
+/// Every entry under `dir` with its content: directories as `<dir>`, symlinks by target.
+pub fn tree(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(dir).unwrap().display().to_string();
+            let md = std::fs::symlink_metadata(&p).unwrap();
+            if md.is_dir() {
+                out.insert(rel, b"<dir>".to_vec());
+                stack.push(p);
+            } else if md.file_type().is_symlink() {
+                let target = std::fs::read_link(&p).unwrap();
+                out.insert(rel, target.into_os_string().into_encoded_bytes());
+            } else {
+                out.insert(rel, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
 }

@@ -493,3 +493,13 @@ pub fn config(
     });
     claude_chroot::config::Config::parse(&json.to_string()).expect("test config")
 }
+
+/// Whether `pid` has exited (gone, or a zombie nobody reaped yet).
+pub fn exited(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z')),
+    }
+}
