@@ -161,6 +161,21 @@ fn address_set(name: &'static str, kind: SetType, addresses: Vec<String>) -> NfO
 /// Neighbour discovery (and the MLD reports the kernel sends when an interface comes up) must
 /// pass or IPv6 never reaches the gateway. The hop limits pin them to the link: a router
 /// decrements them, so a packet with these values cannot have crossed one.
+/// What passes first in `chain`: loopback (by `interface`, the chain's in- or output
+/// interface), replies, then link-local IPv6 housekeeping.
+fn always_allowed(chain: &'static str, interface: MetaKey) -> Vec<NfObject<'static>> {
+    let mut rules = vec![
+        rule(chain, vec![eq(meta(interface), string("lo")), accept()]),
+        rule(chain, vec![ct_state(&["established", "related"]), accept()]),
+    ];
+    rules.extend(
+        link_local_icmpv6()
+            .into_iter()
+            .map(|expr| rule(chain, expr)),
+    );
+    rules
+}
+
 fn link_local_icmpv6() -> Vec<Vec<Statement<'static>>> {
     let nd = anonymous_set(vec![
         string("nd-router-solicit"),
@@ -208,18 +223,7 @@ pub fn ruleset(
     objects.push(base_chain("output", NfHook::Output));
     objects.push(base_chain("input", NfHook::Input));
 
-    // Output: loopback, then replies, then link-local IPv6 housekeeping.
-    objects.push(rule(
-        "output",
-        vec![eq(meta(MetaKey::Oif), string("lo")), accept()],
-    ));
-    objects.push(rule(
-        "output",
-        vec![ct_state(&["established", "related"]), accept()],
-    ));
-    for expr in link_local_icmpv6() {
-        objects.push(rule("output", expr));
-    }
+    objects.extend(always_allowed("output", MetaKey::Oif));
 
     // Allowed destinations, per family and protocol; an empty port list opens nothing.
     for (family, set) in [("ip", "@allowed4"), ("ip6", "@allowed6")] {
@@ -336,18 +340,8 @@ pub fn ruleset(
         )))],
     ));
 
-    // Input: loopback, replies, neighbour discovery; the policy drops the rest.
-    objects.push(rule(
-        "input",
-        vec![eq(meta(MetaKey::Iif), string("lo")), accept()],
-    ));
-    objects.push(rule(
-        "input",
-        vec![ct_state(&["established", "related"]), accept()],
-    ));
-    for expr in link_local_icmpv6() {
-        objects.push(rule("input", expr));
-    }
+    // Input: the policy drops the rest.
+    objects.extend(always_allowed("input", MetaKey::Iif));
 
     Nftables {
         objects: Cow::Owned(objects),
