@@ -15,7 +15,7 @@ use crate::sandbox::{Launch, Running};
 use crate::session::{self, Session};
 use crate::weaken::{self, Knob};
 use crate::workspace::Workspace;
-use crate::{cgroup, home, network, protect, settings, terminal};
+use crate::{cgroup, home, network, nix_daemon, protect, settings, terminal};
 
 /// What the command line asks of `enter`.
 #[derive(Debug, Clone)]
@@ -117,6 +117,18 @@ fn check(args: &EnterArgs) -> Result<Checked> {
         None => localhost_hosts(),
     };
     let settings = settings::choose(&config.managed_settings, &identity)?;
+    // A Nix daemon that trusts the agent's uid would run what the agent asks as root.
+    let daemon = if weaken::active(Knob::NixDaemonCheck) {
+        nix_daemon::Answer::NoSocket
+    } else {
+        nix_daemon::check(&config.mounts, &identity)?
+    };
+    if args.verbose {
+        eprintln!(
+            "claude-chroot: Nix daemon: {}",
+            nix_daemon::describe(&daemon)
+        );
+    }
     let (argv, env, path) = command_and_env(&config, &args.command)?;
     Ok(Checked {
         config,

@@ -15,6 +15,7 @@ pub mod immutable;
 pub mod mounts;
 pub mod netif;
 pub mod network;
+pub mod nix_daemon;
 pub mod pasta;
 pub mod privileges;
 pub mod probe;

@@ -34,7 +34,7 @@ use fs::{read_host_path, settings, write_etc, write_nix_store, write_skeleton};
 use kernel::{kernel_log, kernel_module, keyring, nftables};
 use net::network;
 use privileges::{
-    chroot_probe, mount_probe, pivot_root_probe, privileges, setuid, userns_settings,
+    chroot_probe, mount_probe, nix_daemon, pivot_root_probe, privileges, setuid, userns_settings,
 };
 use process::{detach_child, host_process, leave_process, pids_limit, ptrace_probe, tiocsti};
 
@@ -251,6 +251,7 @@ pub fn all(plan: &Plan) -> Vec<Finding> {
     f.push(chroot_probe());
     f.push(pivot_root_probe());
     f.push(userns_settings(plan));
+    f.push(nix_daemon());
     f.push(host_process(plan));
     f.push(ptrace_probe(plan));
     f.push(tiocsti());

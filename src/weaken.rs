@@ -36,10 +36,12 @@ pub enum Knob {
     PortFilter,
     /// The session's processes are not put into its pids-limited cgroup (`enter`).
     PidsLimit,
+    /// `enter` does not ask the host's Nix daemon whether it trusts the agent.
+    NixDaemonCheck,
 }
 
 impl Knob {
-    pub const ALL: [Knob; 9] = [
+    pub const ALL: [Knob; 10] = [
         Knob::Seccomp,
         Knob::NoNewPrivs,
         Knob::Privileges,
@@ -49,6 +51,7 @@ impl Knob {
         Knob::Pty,
         Knob::PortFilter,
         Knob::PidsLimit,
+        Knob::NixDaemonCheck,
     ];
 
     /// The name used in `CLAUDE_CHROOT_TEST_WEAKEN`.
@@ -63,6 +66,7 @@ impl Knob {
             Knob::Pty => "pty",
             Knob::PortFilter => "port-filter",
             Knob::PidsLimit => "pids-limit",
+            Knob::NixDaemonCheck => "nix-daemon-check",
         }
     }
 }

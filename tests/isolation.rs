@@ -6,6 +6,7 @@ mod common;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::{Duration, Instant};
 
+use common::fake_daemon::{Behaviour, FakeDaemon};
 use common::*;
 
 #[test]
@@ -328,21 +329,16 @@ fn nix_is_read_only_but_its_daemon_socket_is_usable() {
     let f = Fixture::new();
     let a = ALICE.ensure();
     let ws = f.workspace("ws", a);
-    // A stand-in for /nix: a store directory and a listening daemon socket.
+    // A stand-in for /nix: a store directory and a daemon that does not trust the agent.
     let nix = f.dir.path().join("nix");
     std::fs::create_dir_all(nix.join("store/abc-pkg")).unwrap();
-    std::fs::create_dir_all(nix.join("var/nix/daemon-socket")).unwrap();
-    let socket = nix.join("var/nix/daemon-socket/socket");
-    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
-    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let server = std::thread::spawn(move || {
-        use std::io::{Read, Write};
-        let (mut conn, _) = listener.accept().unwrap();
-        let mut buf = [0u8; 4];
-        conn.read_exact(&mut buf).unwrap();
-        conn.write_all(b"pong").unwrap();
-        buf
-    });
+    let daemon = FakeDaemon::start(
+        &nix.join("var/nix/daemon-socket"),
+        Behaviour::Greet {
+            minor: 38,
+            trust: 2,
+        },
+    );
     let mut config = f.activate.clone();
     config["mounts"]
         .as_array_mut()
@@ -355,11 +351,12 @@ for t in /nix/store/new /nix/store/abc-pkg/new /nix/var/nix/new; do
   (echo x > "$t") 2>/dev/null && echo "WROTE $t"
 done
 python3 -c '
-import socket
+import socket, struct
 s = socket.socket(socket.AF_UNIX)
 s.connect("/nix/var/nix/daemon-socket/socket")
-s.sendall(b"ping")
-print(s.recv(4).decode())
+s.sendall(struct.pack("<Q", 0x6e697863))
+magic, version = struct.unpack("<QQ", s.recv(16, socket.MSG_WAITALL))
+print(hex(magic))
 '
 "#;
     let out = f
@@ -371,8 +368,9 @@ print(s.recv(4).decode())
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap();
-    assert_eq!(ok(&out), "pong\n");
-    assert_eq!(&server.join().unwrap(), b"ping");
+    assert_eq!(ok(&out), "0x6478696f\n");
+    // Once by enter's trust check, once by the agent.
+    assert_eq!(daemon.peers(), vec![a.uid, a.uid]);
 }
 
 #[test]

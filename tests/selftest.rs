@@ -11,12 +11,13 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use common::fake_daemon::{Behaviour, FakeDaemon};
 use common::*;
 use netlab::*;
 use serde_json::{Value, json};
 
 /// Every probe the table must list.
-const PROBES: [&str; 32] = [
+const PROBES: [&str; 33] = [
     "read-home",
     "read-root",
     "read-shadow",
@@ -31,6 +32,7 @@ const PROBES: [&str; 32] = [
     "chroot",
     "pivot-root",
     "userns-settings",
+    "nix-daemon",
     "host-process",
     "ptrace",
     "tiocsti",
@@ -413,6 +415,33 @@ fn without_the_seccomp_filter_user_namespaces_keyrings_and_modules_are_reported(
         "{:#}",
         run.finding("tiocsti")
     );
+}
+
+#[test]
+fn a_nix_daemon_that_trusts_the_agent_is_reported_when_enter_does_not_ask() {
+    let mut s = Setup::new(none());
+    // A /nix of the test's own, with a daemon that trusts everyone.
+    let nix = s.f.dir.path().join("nix");
+    std::fs::create_dir_all(nix.join("store")).unwrap();
+    let daemon = FakeDaemon::start(
+        &nix.join("var/nix/daemon-socket"),
+        Behaviour::Greet {
+            minor: 38,
+            trust: 1,
+        },
+    );
+    s.config["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|m| m["target"] != "/nix");
+    s.mount(&nix, "/nix", false);
+    let run = s.run(&[], "nix-daemon-check");
+    run.assert_broken(&["nix-daemon"]);
+    assert!(daemon.peers().contains(&ALICE.uid));
+    // With the check in place the session does not start at all.
+    let out = s.command(&[], "").output().unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    assert!(stderr(&out).contains("trusts uid"), "{}", stderr(&out));
 }
 
 #[test]

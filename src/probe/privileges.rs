@@ -213,3 +213,24 @@ pub(super) fn userns_settings(plan: &Plan) -> Finding {
     };
     f.judge(&[("user namespace".into(), attempt)])
 }
+
+pub(super) fn nix_daemon() -> Finding {
+    use crate::nix_daemon::{Answer, SOCKET_INSIDE, Trust, ask};
+    let f = Finding::new(
+        "nix-daemon",
+        "gain root through a Nix daemon that trusts the agent",
+        format!("greet the daemon at {SOCKET_INSIDE} and read whether it trusts the agent"),
+    );
+    match ask(std::path::Path::new(SOCKET_INSIDE)) {
+        Ok(Answer::NoSocket) => f.held("no daemon socket"),
+        Ok(Answer::Unusable(why)) => f.held(format!("socket not usable: {why}")),
+        Ok(Answer::Greeted { trust, .. }) => match trust {
+            Trust::NotTrusted => f.held("the daemon does not trust the agent"),
+            Trust::Trusted => {
+                f.broken("the daemon trusts the agent, so it would run its settings as root")
+            }
+            Trust::Unknown => f.broken("the daemon does not say whether it trusts the agent"),
+        },
+        Err(e) => f.held(format!("no answer from the daemon: {e:#}")),
+    }
+}

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod fake_daemon;
+
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
