@@ -179,8 +179,7 @@ pub fn check(mounts: &[Mount], identity: &Identity) -> Result<Answer> {
             version,
         } => bail!(
             "the Nix daemon at {} ({}, protocol {major}.{minor}) does not say whether it trusts \
-             uid {uid}, so the session does not start: upgrade Nix to 2.15 or newer, or leave \
-             /nix out of the sandbox's mounts",
+             uid {uid}, so the session does not start: upgrade the daemon to Nix 2.15 or newer",
             socket.display(),
             version.as_deref().unwrap_or("version unknown")
         ),
