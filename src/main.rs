@@ -70,8 +70,9 @@ enum Command {
     },
     /// Try to escape from a real session on a temporary workspace and report what held.
     ///
-    /// Exit status: 0 when every probe held (or was skipped with a stated reason), 1 when
-    /// any probe got through, 125 when the selftest itself could not run.
+    /// Exit status: 0 when every probe held, 1 when any probe got through, 2 when none got
+    /// through but some were skipped (with the reason in the report), 125 when the selftest
+    /// itself could not run.
     Selftest {
         #[command(flatten)]
         config: ConfigArg,
@@ -114,7 +115,18 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                e.exit();
+            }
+            // A usage error is a failure of the sandbox too: the command never ran.
+            let _ = e.print();
+            return ExitCode::from(SANDBOX_FAILURE);
+        }
+    };
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

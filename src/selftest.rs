@@ -129,12 +129,17 @@ pub fn run(opts: &Options) -> Result<u8> {
     let mut findings = probed;
     findings.push(activator_death(opts, &exe, &identity, &workspace, &config)?);
 
-    let broken = findings
-        .iter()
-        .filter(|f| f.outcome != Outcome::Held && f.outcome != Outcome::Skipped)
-        .count();
+    let count = |o: &[Outcome]| findings.iter().filter(|f| o.contains(&f.outcome)).count();
+    let broken = count(&[Outcome::Broken, Outcome::Unconfirmed]);
+    let skipped = count(&[Outcome::Skipped]);
+    // A skipped probe proved nothing: only a run where every probe held passes.
+    let (verdict, status) = match (broken, skipped) {
+        (0, 0) => ("held", 0),
+        (0, _) => ("partial", 2),
+        _ => ("broken", 1),
+    };
     let report = Report {
-        verdict: if broken == 0 { "held" } else { "broken" },
+        verdict,
         mode,
         findings,
     };
@@ -143,7 +148,7 @@ pub fn run(opts: &Options) -> Result<u8> {
     } else {
         print!("{}", table(&report));
     }
-    Ok(if broken == 0 { 0 } else { 1 })
+    Ok(status)
 }
 
 fn mode_name(mode: NetworkMode) -> &'static str {
@@ -828,10 +833,16 @@ pub fn table(report: &Report) -> String {
         .filter(|f| matches!(f.outcome, Outcome::Broken | Outcome::Unconfirmed))
         .map(|f| f.id.as_str())
         .collect();
-    if broken.is_empty() {
+    if broken.is_empty() && skipped == 0 {
         out.push_str(&format!(
-            "claude-chroot: selftest: the sandbox held: {} of {total} probes held, {skipped} \
-             skipped with a reason (network: {})\n",
+            "claude-chroot: selftest: the sandbox held: {total} of {total} probes held \
+             (network: {})\n",
+            mode_name(report.mode)
+        ));
+    } else if broken.is_empty() {
+        out.push_str(&format!(
+            "claude-chroot: selftest: PARTIAL: {} of {total} probes held, {skipped} skipped \
+             with a reason, so not everything was tested (network: {})\n",
             total - skipped,
             mode_name(report.mode)
         ));
@@ -908,9 +919,20 @@ mod tests {
         assert_eq!(lines[3], "          reason: no such thing here");
         assert_eq!(
             lines[4],
-            "claude-chroot: selftest: the sandbox held: 1 of 2 probes held, 1 skipped with a \
-             reason (network: none)"
+            "claude-chroot: selftest: PARTIAL: 1 of 2 probes held, 1 skipped with a reason, so \
+             not everything was tested (network: none)"
         );
+        report.findings.pop();
+        assert!(
+            table(&report).ends_with(
+                "claude-chroot: selftest: the sandbox held: 1 of 1 probes held (network: none)\n"
+            ),
+            "{}",
+            table(&report)
+        );
+        report
+            .findings
+            .push(finding("b", Outcome::Skipped, "no such thing here"));
 
         report
             .findings

@@ -26,6 +26,6 @@ fn conflicting_network_flags_are_a_usage_error() {
         .args(["enter", "--no-network", "--full-network", "/tmp"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(125));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
 }
