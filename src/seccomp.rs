@@ -48,6 +48,11 @@ const DENIED: &[(&str, libc::c_long)] = &[
     ("quotactl", libc::SYS_quotactl),
     ("open_by_handle_at", libc::SYS_open_by_handle_at),
     ("name_to_handle_at", libc::SYS_name_to_handle_at),
+    ("lookup_dcookie", libc::SYS_lookup_dcookie),
+    #[cfg(target_arch = "x86_64")]
+    ("modify_ldt", libc::SYS_modify_ldt),
+    #[cfg(target_arch = "x86_64")]
+    ("uselib", libc::SYS_uselib),
     #[cfg(target_arch = "x86_64")]
     ("iopl", libc::SYS_iopl),
     #[cfg(target_arch = "x86_64")]
@@ -199,4 +204,142 @@ pub fn install(programs: &[BpfProgram]) -> Result<()> {
 /// Names of the calls the filter refuses, for documentation and tests.
 pub fn denied_names() -> Vec<&'static str> {
     DENIED.iter().chain(UNAVAILABLE).map(|(n, _)| *n).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every listed call with arguments no kernel accepts (null pointers, fd -1), so that
+    /// without the filter each fails harmlessly with an errno of its own.
+    fn calls() -> Vec<(&'static str, libc::c_long, [libc::c_long; 4], libc::c_long)> {
+        let mut calls: Vec<_> = DENIED
+            .iter()
+            .map(|(n, nr)| (*n, *nr, [-1, 0, 0, 0], libc::EPERM as libc::c_long))
+            .chain(
+                UNAVAILABLE
+                    .iter()
+                    .map(|(n, nr)| (*n, *nr, [0, 0, 0, 0], libc::ENOSYS as libc::c_long)),
+            )
+            .collect();
+        let eperm = libc::EPERM as libc::c_long;
+        calls.push((
+            "unshare(NEWUSER)",
+            libc::SYS_unshare,
+            [libc::CLONE_NEWUSER as _, 0, 0, 0],
+            eperm,
+        ));
+        calls.push((
+            "unshare(NEWNS)",
+            libc::SYS_unshare,
+            [libc::CLONE_NEWNS as _, 0, 0, 0],
+            eperm,
+        ));
+        calls.push((
+            "ioctl(TIOCSTI)",
+            libc::SYS_ioctl,
+            [-1, libc::TIOCSTI as _, 0, 0],
+            eperm,
+        ));
+        calls.push((
+            "ioctl(TIOCLINUX)",
+            libc::SYS_ioctl,
+            [-1, libc::TIOCLINUX as _, 0, 0],
+            eperm,
+        ));
+        calls
+    }
+
+    /// In a forked child, as nobody with `no_new_privs` (so that no call does harm even
+    /// unfiltered): each call's errno before and after installing the filters.
+    fn errnos_before_and_after() -> Vec<(libc::c_long, libc::c_long)> {
+        let programs = compile().unwrap();
+        let calls = calls();
+        let mut fds = [0; 2];
+        // SAFETY: fds has room for the two descriptors pipe(2) writes.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: the child only makes system calls on memory prepared before the fork,
+        // then _exits; it allocates nothing.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            // SAFETY: plain system calls in the child, on the pipe and prepared buffers.
+            unsafe {
+                if libc::geteuid() == 0 {
+                    libc::setgroups(0, std::ptr::null());
+                    libc::setresgid(65534, 65534, 65534);
+                    libc::setresuid(65534, 65534, 65534);
+                }
+                libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+                let run = |fd: libc::c_int| {
+                    for (_, nr, a, _) in &calls {
+                        let rc = libc::syscall(*nr, a[0], a[1], a[2], a[3]);
+                        let e: libc::c_long = if rc == -1 {
+                            *libc::__errno_location() as libc::c_long
+                        } else {
+                            0
+                        };
+                        libc::write(fd, (&e as *const libc::c_long).cast(), 8);
+                    }
+                };
+                run(fds[1]);
+                for p in &programs {
+                    if seccompiler::apply_filter(p).is_err() {
+                        libc::_exit(3);
+                    }
+                }
+                run(fds[1]);
+                libc::_exit(0);
+            }
+        }
+        // SAFETY: closing our copy of the write end.
+        unsafe { libc::close(fds[1]) };
+        let mut raw = Vec::new();
+        use std::io::Read;
+        // SAFETY: the read end is ours; File takes ownership and closes it.
+        let mut r = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fds[0]) };
+        r.read_to_end(&mut raw).unwrap();
+        let mut status = 0;
+        // SAFETY: pid is our child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert_eq!(status, 0, "the child failed to install the filter");
+        let e: Vec<libc::c_long> = raw
+            .chunks(8)
+            .map(|c| libc::c_long::from_ne_bytes(c.try_into().unwrap()))
+            .collect();
+        let n = calls.len();
+        assert_eq!(e.len(), 2 * n);
+        (0..n).map(|i| (e[i], e[n + i])).collect()
+    }
+
+    #[test]
+    fn every_listed_call_is_refused_and_the_filter_is_what_refuses_it() {
+        let calls = calls();
+        let results = errnos_before_and_after();
+        let mut wrong = Vec::new();
+        let mut by_filter = Vec::new();
+        for ((name, _, _, want), (before, after)) in calls.iter().zip(&results) {
+            if after != want {
+                wrong.push(format!("{name}: errno {after}, want {want}"));
+            }
+            if before != want {
+                by_filter.push(*name);
+            }
+        }
+        assert!(wrong.is_empty(), "{wrong:#?}");
+        // Many calls fail for nobody anyway; these are refused by the filter alone.
+        for name in [
+            "keyctl",
+            "add_key",
+            "setns",
+            "name_to_handle_at",
+            "mount_setattr",
+            "clone3",
+            "io_uring_setup",
+            "unshare(NEWUSER)",
+            "ioctl(TIOCSTI)",
+        ] {
+            assert!(by_filter.contains(&name), "{name} not shown: {by_filter:?}");
+        }
+    }
 }
