@@ -525,3 +525,422 @@ fn agent_cannot_add_list_or_flush_firewall_rules() {
         String::from_utf8_lossy(&root.stderr)
     );
 }
+
+/// The agent's probe program: each argument `KIND,TARGET,PORT` is one attempt, printed as
+/// `KIND TARGET PORT RESULT SECONDS` with the result as one word-joined phrase
+/// (`ok ...`, `fail ...`, `nosocket ...`) and the seconds measured inside. Kinds: `tcp`
+/// (connect and GET), `udp` (connected socket: send, then receive), `dns` (a UDP query for
+/// `other.test`), `icmp` (echo over a ping socket, else a raw one, with IP(V6)_RECVERR so
+/// errors surface), `getent` (`getent ahosts TARGET`), `gai` (getaddrinfo).
+const PROBE_PY: &str = r#"
+import errno, socket, struct, subprocess, sys, time
+
+IP_RECVERR, IPV6_RECVERR = 11, 25
+
+def errname(e):
+    if isinstance(e, socket.timeout):
+        return "timeout"
+    if isinstance(e, socket.gaierror):
+        return {socket.EAI_NONAME: "EAI_NONAME", socket.EAI_AGAIN: "EAI_AGAIN"}.get(e.errno, "EAI%d" % e.errno)
+    if getattr(e, "errno", None):
+        return errno.errorcode.get(e.errno, str(e.errno))
+    return type(e).__name__
+
+def dns_query(name):
+    q = struct.pack("!HHHHHH", 0x4343, 0x0100, 1, 0, 0, 0)
+    for label in name.split("."):
+        q += bytes([len(label)]) + label.encode()
+    return q + b"\x00" + struct.pack("!HH", 1, 1)
+
+def icmp(addr, family, v6):
+    proto = socket.IPPROTO_ICMPV6 if v6 else socket.IPPROTO_ICMP
+    errors, s = [], None
+    for kind, label in ((socket.SOCK_DGRAM, "ping"), (socket.SOCK_RAW, "raw")):
+        try:
+            s = socket.socket(family, kind, proto)
+            break
+        except OSError as e:
+            errors.append(label + ":" + errname(e))
+    if s is None:
+        return "nosocket " + ",".join(errors)
+    s.settimeout(3)
+    if v6:
+        s.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
+    else:
+        s.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+    echo, reply = (128, 129) if v6 else (8, 0)
+    body = struct.pack("!BBHHH", echo, 0, 0, 0x4242, 1) + b"claude"
+    if not v6:
+        c = sum(struct.unpack("!%dH" % (len(body) // 2), body))
+        c = (c >> 16) + (c & 0xffff); c += c >> 16
+        body = body[:2] + struct.pack("!H", ~c & 0xffff) + body[4:]
+    try:
+        s.sendto(body, (addr, 0))
+    except OSError as e:
+        return "fail send=" + errname(e)
+    while True:
+        try:
+            data = s.recv(2048)
+        except OSError as e:
+            return "fail recv=" + errname(e)
+        if s.type == socket.SOCK_RAW and not v6:
+            data = data[(data[0] & 15) * 4:]
+        if data[0] == reply:
+            return "ok echo-reply"
+
+def attempt(kind, target, port):
+    if kind == "getent":
+        r = subprocess.run(["getent", "ahosts", target], stdout=subprocess.DEVNULL)
+        return "ok" if r.returncode == 0 else "fail rc=%d" % r.returncode
+    if kind == "gai":
+        try:
+            infos = socket.getaddrinfo(target, port)
+        except OSError as e:
+            return "fail " + errname(e)
+        return "ok " + ",".join(sorted({i[4][0] for i in infos}))
+    v6 = ":" in target
+    family = socket.AF_INET6 if v6 else socket.AF_INET
+    if kind == "icmp":
+        return icmp(target, family, v6)
+    if kind == "tcp":
+        s = socket.socket(family, socket.SOCK_STREAM)
+        s.settimeout(3)
+        try:
+            s.connect((target, port))
+        except OSError as e:
+            return "fail connect=" + errname(e)
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        return "ok " + s.recv(200).split(b"\r\n")[0].decode().replace(" ", "_")
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    s.settimeout(3)
+    s.connect((target, port))
+    try:
+        s.send(dns_query("other.test") if kind == "dns" else b"ping")
+        sent = "sent"
+    except OSError as e:
+        sent = "send=" + errname(e)
+    try:
+        return "ok %d-bytes" % len(s.recv(512))
+    except OSError as e:
+        return "fail " + sent + " recv=" + errname(e)
+
+for spec in sys.argv[1:]:
+    kind, target, port = spec.split(",")
+    start = time.monotonic()
+    try:
+        result = attempt(kind, target, int(port))
+    except Exception as e:
+        result = "error " + repr(e).replace(" ", "_")
+    print("%s %s %s %s %.3f" % (kind, target, port, result, time.monotonic() - start), flush=True)
+"#;
+
+/// The workspace of `f` with [`PROBE_PY`] in it as `probe.py`.
+fn with_probe(f: &common::Fixture) {
+    common::write_as(
+        common::ALICE.ensure(),
+        &workspace(f).join("probe.py"),
+        PROBE_PY,
+    );
+}
+
+/// The shell command that runs the probe inside the sandbox on `targets`.
+fn probe_command(targets: &[(&str, &str, u16)]) -> String {
+    let specs: Vec<String> = targets
+        .iter()
+        .map(|(kind, target, port)| format!("{kind},{target},{port}"))
+        .collect();
+    format!("python3 /workspace/probe.py {}", specs.join(" "))
+}
+
+/// What the probe printed for `kind target port` in `lines`: the result and its seconds.
+fn probe_result(lines: &[String], (kind, target, port): (&str, &str, u16)) -> (String, f64) {
+    let prefix = format!("{kind} {target} {port} ");
+    let line = lines
+        .iter()
+        .find(|l| l.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("no probe result for {prefix:?} in {lines:#?}"));
+    let (result, seconds) = line[prefix.len()..].rsplit_once(' ').unwrap();
+    (result.to_string(), seconds.parse().unwrap())
+}
+
+/// Assert that the probe's `target` gave exactly `expected`, within a second.
+#[track_caller]
+fn assert_probe(lines: &[String], target: (&str, &str, u16), expected: &str) {
+    let (result, seconds) = probe_result(lines, target);
+    assert_eq!(result, expected, "{target:?}: {lines:#?}");
+    assert!(seconds < 1.0, "{target:?} took {seconds}s: {result}");
+}
+
+/// A process (other than the activator) whose network namespace is `netns` (`net:[INODE]`).
+fn pid_in_netns(netns: &str) -> i32 {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/ns/net")).is_ok_and(|l| l.as_os_str() == netns)
+        })
+        .unwrap_or_else(|| panic!("no process in {netns}"))
+}
+
+/// Run `program args` as root in the network namespace of `pid`; its stdout.
+fn nsenter_net(pid: i32, program: &str, args: &[&str]) -> String {
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/proc/{pid}/ns/net"))
+        .arg(program)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "nsenter {program} {args:?}: {}",
+        common::stderr(&out)
+    );
+    common::stdout(&out)
+}
+
+/// Inside a real session, every blocked destination fails at once with the error the
+/// firewall's verdict gives, measured by the agent's own clock:
+///
+/// - TCP: the reset makes `connect` fail with ECONNREFUSED.
+/// - UDP: the reject verdict drops the datagram in the output hook, so `send` itself fails
+///   with EPERM; the administratively-prohibited error then surfaces on `recv` as
+///   EHOSTUNREACH (ICMP type 3 code 13) or EACCES (ICMPv6 type 1 code 1).
+/// - ICMP: the agent has no ICMP socket at all (a fresh namespace's ping_group_range is
+///   `1 0`: EACCES; no CAP_NET_RAW: EPERM). Granted ping sockets by root in the sandbox's
+///   own namespace, echo is refused like UDP: EPERM on send (IPv4), EACCES on recv (IPv6).
+#[test]
+fn blocked_destinations_fail_within_a_second_inside_a_session_and_allowed_443_connects() {
+    let lab = Netlab::new("fast", &[]);
+    let f = fixture();
+    with_probe(&f);
+    // Outside the sandbox every one of these answers: the failures below are the firewall's.
+    for (kind, a, port) in [
+        ("tcp", BLOCKED4, 443),
+        ("tcp", BLOCKED6, 443),
+        ("udp", BLOCKED4, 443),
+        ("udp", BLOCKED6, 443),
+        ("icmp", BLOCKED4, 0),
+        ("icmp", BLOCKED6, 0),
+        ("tcp", ALLOWED4, 8443),
+        ("tcp", ALLOWED6, 8443),
+    ] {
+        assert_reaches(&lab.host, kind, a, port);
+    }
+
+    let blocked = [
+        ("tcp", BLOCKED4, 443),
+        ("tcp", BLOCKED6, 443),
+        ("udp", BLOCKED4, 443),
+        ("udp", BLOCKED6, 443),
+        ("icmp", BLOCKED4, 0),
+        ("icmp", BLOCKED6, 0),
+        ("tcp", ALLOWED4, 8443),
+        ("tcp", ALLOWED6, 8443),
+        ("tcp", ALLOWED4, 443),
+        ("tcp", ALLOWED6, 443),
+    ];
+    let icmp = [("icmp", BLOCKED4, 0), ("icmp", BLOCKED6, 0)];
+    let script = format!(
+        "readlink /proc/self/ns/net; {}; echo unprivileged-done; read _; {}; echo finished",
+        probe_command(&blocked),
+        probe_command(&icmp)
+    );
+    let mut session = Running::start(&lab, &f, &[], &script);
+    let netns = session.line();
+    let mut lines = Vec::new();
+    loop {
+        let line = session.line();
+        if line == "unprivileged-done" {
+            break;
+        }
+        lines.push(line);
+    }
+    let refused = "fail connect=ECONNREFUSED";
+    for target in [
+        ("tcp", BLOCKED4, 443),
+        ("tcp", BLOCKED6, 443),
+        ("tcp", ALLOWED4, 8443),
+        ("tcp", ALLOWED6, 8443),
+    ] {
+        assert_probe(&lines, target, refused);
+    }
+    assert_probe(
+        &lines,
+        ("udp", BLOCKED4, 443),
+        "fail send=EPERM recv=EHOSTUNREACH",
+    );
+    assert_probe(
+        &lines,
+        ("udp", BLOCKED6, 443),
+        "fail send=EPERM recv=EACCES",
+    );
+    for target in icmp {
+        assert_probe(&lines, target, "nosocket ping:EACCES,raw:EPERM");
+    }
+    for target in [("tcp", ALLOWED4, 443), ("tcp", ALLOWED6, 443)] {
+        let (result, _) = probe_result(&lines, target);
+        assert_eq!(result, "ok HTTP/1.0_200_OK", "{target:?}: {lines:#?}");
+    }
+
+    // Root lets every group open ping sockets, in the sandbox's namespace only.
+    let pid = pid_in_netns(&netns);
+    let host_netns = std::fs::read_link(format!("/proc/{}/ns/net", session.activator())).unwrap();
+    assert_ne!(host_netns.as_os_str(), netns.as_str());
+    nsenter_net(
+        pid,
+        "sysctl",
+        &["-w", "net.ipv4.ping_group_range=0 2147483647"],
+    );
+    let (out, err, status) = session.finish();
+    assert!(status.success(), "{out}\n{err}");
+    let lines: Vec<String> = out.lines().map(String::from).collect();
+    assert_probe(&lines, ("icmp", BLOCKED4, 0), "fail send=EPERM");
+    assert_probe(&lines, ("icmp", BLOCKED6, 0), "fail recv=EACCES");
+    // The echo requests reached the firewall and were counted.
+    for counted in [
+        format!("claude-chroot:   {BLOCKED4} icmp ("),
+        format!("claude-chroot:   {BLOCKED6} ipv6-icmp ("),
+    ] {
+        assert!(err.contains(&counted), "no {counted:?} in:\n{err}");
+    }
+}
+
+/// The allowed name resolves to exactly its vetted addresses (not what DNS says now), other
+/// names fail at once, and no DNS query reaches the lab's server, not even one sent straight
+/// to it.
+#[test]
+fn only_vetted_addresses_resolve_other_names_fail_fast_and_no_query_leaves() {
+    let lab = Netlab::new(
+        "names",
+        &[
+            // What DNS would answer differs from the vetted file, and knows the other name.
+            "--host-record=allowed.test,198.51.100.99,2001:db8:100::99".into(),
+            format!("--host-record=other.test,{BLOCKED4},{BLOCKED6}"),
+            "--local=/test/".into(),
+        ],
+    );
+    let f = fixture();
+    with_probe(&f);
+    let script = format!(
+        "getent ahosts allowed.test | sed 's/^/ahosts /'; echo \"ahosts-status $?\"; {}",
+        probe_command(&[
+            ("getent", "other.test", 0),
+            ("gai", "other.test", 443),
+            ("gai", "allowed.test", 443),
+            ("dns", UPSTREAM4, 53),
+            ("dns", UPSTREAM6, 53),
+        ])
+    );
+    let out = enter(&lab, &f, &[], &script);
+    let stdout = common::stdout(&out);
+    assert!(out.status.success(), "{stdout}\n{}", common::stderr(&out));
+    let lines: Vec<String> = stdout.lines().map(String::from).collect();
+
+    let ahosts: std::collections::BTreeSet<&str> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("ahosts "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(
+        ahosts,
+        [ALLOWED4, ALLOWED6].into_iter().collect(),
+        "{stdout}"
+    );
+    let (result, _) = probe_result(&lines, ("gai", "allowed.test", 443));
+    assert_eq!(result, format!("ok {ALLOWED4},{ALLOWED6}"), "{stdout}");
+
+    // getent's status 2: the name is not found.
+    assert_probe(&lines, ("getent", "other.test", 0), "fail rc=2");
+    assert_probe(&lines, ("gai", "other.test", 443), "fail EAI_NONAME");
+    assert_probe(
+        &lines,
+        ("dns", UPSTREAM4, 53),
+        "fail send=EPERM recv=EHOSTUNREACH",
+    );
+    assert_probe(
+        &lines,
+        ("dns", UPSTREAM6, 53),
+        "fail send=EPERM recv=EACCES",
+    );
+    assert_eq!(lab.dns_queries(), Vec::<String>::new());
+
+    // The same query from outside the sandbox is answered and logged.
+    let script = lab.dir.path().join("probe.py");
+    std::fs::write(&script, PROBE_PY).unwrap();
+    let outside = exec_in(
+        &lab.host,
+        "python3",
+        &[script.to_str().unwrap(), &format!("dns,{UPSTREAM4},53")],
+    );
+    let outside = common::stdout(&outside);
+    assert!(outside.contains(" ok "), "{outside}");
+    assert!(
+        lab.dns_queries()
+            .iter()
+            .any(|q| q.contains("query[A] other.test")),
+        "{:?}",
+        lab.dns_queries()
+    );
+}
+
+/// The ruleset as loaded in a running session's own namespace (read by root from outside)
+/// logs blocked packets with the `claude-blocked:` prefix behind a rate limit, after every
+/// accept and before the rejects.
+#[test]
+fn loaded_ruleset_logs_blocked_packets_rate_limited_before_rejecting() {
+    let lab = Netlab::new("nftlog", &[]);
+    let f = fixture();
+    let mut session = Running::start(&lab, &f, &[], SHOW_NETNS_AND_WAIT);
+    let netns = session.line();
+    let listing = nsenter_net(pid_in_netns(&netns), "nft", &["-j", "list", "ruleset"]);
+    let (out, err, status) = session.finish();
+    assert!(status.success(), "{out}\n{err}");
+
+    let json: serde_json::Value = serde_json::from_str(&listing).unwrap();
+    let objects = json["nftables"].as_array().unwrap();
+    let tables: Vec<&serde_json::Value> = objects.iter().filter_map(|o| o.get("table")).collect();
+    assert_eq!(tables.len(), 1, "{listing}");
+    assert_eq!(
+        (&tables[0]["family"], &tables[0]["name"]),
+        (&"inet".into(), &"claude_chroot".into())
+    );
+    // Rules are listed in evaluation order.
+    let output: Vec<&Vec<serde_json::Value>> = objects
+        .iter()
+        .filter_map(|o| o.get("rule"))
+        .filter(|r| r["chain"] == "output")
+        .map(|r| r["expr"].as_array().unwrap())
+        .collect();
+    let has = |rule: &[serde_json::Value], stmt: &str| rule.iter().any(|s| s.get(stmt).is_some());
+    let logs: Vec<usize> = (0..output.len())
+        .filter(|&i| has(output[i], "log"))
+        .collect();
+    assert_eq!(logs.len(), 1, "one log rule expected: {listing}");
+    let log_rule = output[logs[0]];
+    let position = |stmt: &str| log_rule.iter().position(|s| s.get(stmt).is_some());
+    let log = &log_rule[position("log").unwrap()]["log"];
+    assert_eq!(log["prefix"], "claude-blocked: ", "{log_rule:?}");
+    let limit = position("limit").unwrap_or_else(|| panic!("no rate limit: {log_rule:?}"));
+    assert!(limit < position("log").unwrap(), "{log_rule:?}");
+    let limit = &log_rule[limit]["limit"];
+    assert!(limit["rate"].as_u64().is_some_and(|r| r > 0), "{limit}");
+    assert_eq!(limit["per"], "second", "{limit}");
+    // The log rule only logs; what follows it is rejects only, and at least one.
+    for verdict in ["accept", "drop", "reject"] {
+        assert!(!has(log_rule, verdict), "{log_rule:?}");
+    }
+    let after = &output[logs[0] + 1..];
+    assert!(!after.is_empty(), "nothing after the log rule: {listing}");
+    assert!(after.iter().all(|r| has(r, "reject")), "{listing}");
+    assert!(
+        output[..logs[0]]
+            .iter()
+            .all(|r| !has(r, "reject") && !has(r, "drop")),
+        "{listing}"
+    );
+    assert!(
+        output[..logs[0]].iter().any(|r| has(r, "accept")),
+        "{listing}"
+    );
+}

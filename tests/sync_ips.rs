@@ -266,3 +266,207 @@ fn nameserver_with_port_and_cname_chain_resolve() {
         "160.79.104.10 www.test\n2607:6bc0::10 www.test\n"
     );
 }
+
+/// The real binary, as root from the lab's host namespace, on `config` written to a file.
+struct Binary {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+    seconds: f64,
+}
+
+fn binary(lab: &Netlab, config: &Config, args: &[&str]) -> Binary {
+    let file = lab.dir.path().join("activate.json");
+    std::fs::write(&file, serde_json::to_vec(config).unwrap()).unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_claude-chroot-activate"));
+    cmd.env_clear()
+        .env("PATH", "/usr/bin:/bin:/usr/sbin:/sbin")
+        .arg("sync-ips")
+        .args(args)
+        .arg("--config")
+        .arg(&file)
+        // Not a terminal.
+        .stdin(std::process::Stdio::null());
+    in_netns(&lab.host, move || {
+        let start = std::time::Instant::now();
+        let out = cmd.output().unwrap();
+        Binary {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            seconds: start.elapsed().as_secs_f64(),
+        }
+    })
+}
+
+/// Names in the allowlist file's directory, the file itself included.
+fn dir_entries(file: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(file.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn binary_check_exits_one_on_drift_writing_nothing_and_zero_when_current() {
+    let (lab, config, file) = setup("bincheck", &["api.test"]);
+    let old = "# hand-written\n160.79.104.99 api.test\n";
+    std::fs::write(&file, old).unwrap();
+    let before = std::fs::metadata(&file).unwrap();
+
+    let run = binary(&lab, &config, &["--check"]);
+    assert_eq!(run.code, Some(i32::from(EXIT_DRIFT)), "{}", run.stderr);
+    assert!(
+        run.stdout.contains("-160.79.104.99 api.test")
+            && run.stdout.contains("+160.79.104.10 api.test")
+            && run.stdout.contains("+2607:6bc0::10 api.test"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stderr
+            .contains("differs from DNS (--check: not written)"),
+        "{}",
+        run.stderr
+    );
+    let after = std::fs::metadata(&file).unwrap();
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), old);
+    assert_eq!(
+        (after.ino(), after.mtime(), after.mtime_nsec()),
+        (before.ino(), before.mtime(), before.mtime_nsec()),
+        "--check replaced or touched the file"
+    );
+    assert_eq!(dir_entries(&file), ["allowed-ips.conf"]);
+
+    let run = binary(&lab, &config, &["--yes"]);
+    assert_eq!(run.code, Some(i32::from(EXIT_OK)), "{}", run.stderr);
+    assert_eq!(
+        entries(&file),
+        "160.79.104.10 api.test\n2607:6bc0::10 api.test\n"
+    );
+    let written = std::fs::read_to_string(&file).unwrap();
+
+    let run = binary(&lab, &config, &["--check"]);
+    assert_eq!(run.code, Some(i32::from(EXIT_OK)), "{}", run.stderr);
+    assert_eq!(run.stdout, "");
+    assert!(run.stderr.contains("is up to date"), "{}", run.stderr);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), written);
+}
+
+#[test]
+fn binary_without_terminal_or_yes_fails_saying_to_use_yes() {
+    let (lab, config, file) = setup("binnotty", &["api.test"]);
+    let run = binary(&lab, &config, &[]);
+    // A refusal is an error of the tool itself: main's status 125.
+    assert_eq!(run.code, Some(125), "{}", run.stderr);
+    assert_eq!(
+        run.stderr,
+        "claude-chroot: error: not on a terminal: pass --yes to write the allowlist or \
+         --check to only compare\n"
+    );
+    assert_eq!(run.stdout, "");
+    assert!(!file.exists());
+    assert!(lab.dns_queries().is_empty(), "{:?}", lab.dns_queries());
+}
+
+/// A nameserver that reads every query (UDP and TCP) and never answers, on `addr`:`port` in
+/// namespace `ns`; it appends one line per query it receives to `log`.
+struct Silent(std::process::Child);
+
+const SILENT_PY: &str = r#"
+import socket, sys, threading
+addr, port, log = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+def note(what):
+    with open(log, "a") as f:
+        f.write(what + "\n")
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+udp.bind((addr, port))
+tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+tcp.bind((addr, port))
+tcp.listen(16)
+held = []
+def serve_tcp():
+    while True:
+        conn, _ = tcp.accept()
+        held.append(conn)
+        note("tcp")
+threading.Thread(target=serve_tcp, daemon=True).start()
+def serve_udp():
+    while True:
+        udp.recvfrom(2048)
+        note("udp")
+threading.Thread(target=serve_udp, daemon=True).start()
+print("ready", flush=True)
+sys.stdin.read()
+"#;
+
+impl Silent {
+    fn start(lab: &Netlab, addr: &str, port: u16) -> Silent {
+        use std::io::BufRead;
+        let script = lab.dir.path().join("silent.py");
+        std::fs::write(&script, SILENT_PY).unwrap();
+        let mut child = std::process::Command::new("ip")
+            .args(["netns", "exec", &lab.upstream, "python3"])
+            .arg(&script)
+            .args([addr, &port.to_string()])
+            .arg(lab.dir.path().join("silent.log"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready");
+        Silent(child)
+    }
+}
+
+impl Drop for Silent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn binary_with_a_silent_nameserver_gives_up_within_seconds_naming_the_domain() {
+    let (lab, mut config, file) = setup("binsilent", &["api.test"]);
+    let _silent = Silent::start(&lab, UPSTREAM4, 5454);
+    config.network.nameservers = vec![format!("{UPSTREAM4}:5454")];
+    config.network.resolve_timeout_ms = 300;
+
+    // No previous address: the domain ends with none, nothing is written.
+    let run = binary(&lab, &config, &["--yes"]);
+    assert_eq!(run.code, Some(i32::from(EXIT_NO_ADDRESS)), "{}", run.stderr);
+    assert!(run.seconds < 3.0, "took {}s:\n{}", run.seconds, run.stderr);
+    assert!(
+        run.stderr
+            .contains("claude-chroot: api.test: resolution failed (")
+            && run.stderr.contains("claude-chroot: api.test: no address"),
+        "{}",
+        run.stderr
+    );
+    assert!(!file.exists());
+    // The queries did reach the silent server: the failure is its silence.
+    let log = std::fs::read_to_string(lab.dir.path().join("silent.log")).unwrap_or_default();
+    assert!(log.contains("udp"), "no query reached the server: {log:?}");
+    assert!(lab.dns_queries().is_empty(), "{:?}", lab.dns_queries());
+
+    // With a previous address the domain keeps it, and the file is current.
+    std::fs::write(&file, "160.79.104.99 api.test\n").unwrap();
+    let run = binary(&lab, &config, &["--yes"]);
+    assert_eq!(run.code, Some(i32::from(EXIT_OK)), "{}", run.stderr);
+    assert!(run.seconds < 3.0, "took {}s:\n{}", run.seconds, run.stderr);
+    assert!(
+        run.stderr.contains("api.test: resolution failed (")
+            && run.stderr.contains("keeping its 1 previous address"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(entries(&file), "160.79.104.99 api.test\n");
+}
