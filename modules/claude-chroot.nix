@@ -259,6 +259,16 @@ in
         message = "programs.claude-chroot.stateDir must be an absolute path other than /.";
       }
       {
+        assertion =
+          cfg.hardenTerminal -> toString (config.boot.kernel.sysctl."dev.tty.legacy_tiocsti" or 0) == "0";
+        message = "programs.claude-chroot.hardenTerminal is on, but boot.kernel.sysctl.\"dev.tty.legacy_tiocsti\" is set to another value elsewhere: remove that definition or turn hardenTerminal off.";
+      }
+      {
+        assertion =
+          cfg.logBlocked -> toString (config.boot.kernel.sysctl."net.netfilter.nf_log_all_netns" or 1) == "1";
+        message = "programs.claude-chroot.logBlocked is on, but boot.kernel.sysctl.\"net.netfilter.nf_log_all_netns\" is set to another value elsewhere: remove that definition or turn logBlocked off.";
+      }
+      {
         assertion = cfg.allowedGroup == null || config.users.groups ? ${cfg.allowedGroup};
         message = "programs.claude-chroot.allowedGroup names a group that users.groups does not define.";
       }
@@ -292,8 +302,10 @@ in
     '';
 
     boot.kernel.sysctl = lib.mkMerge [
-      (lib.mkIf cfg.hardenTerminal { "dev.tty.legacy_tiocsti" = 0; })
-      (lib.mkIf cfg.logBlocked { "net.netfilter.nf_log_all_netns" = 1; })
+      # As defaults, so that a hardening profile setting the same value does not
+      # clash; a profile setting another value is caught by the assertions.
+      (lib.mkIf cfg.hardenTerminal { "dev.tty.legacy_tiocsti" = lib.mkDefault 0; })
+      (lib.mkIf cfg.logBlocked { "net.netfilter.nf_log_all_netns" = lib.mkDefault 1; })
     ];
 
     systemd.services.claude-chroot-sync-ips = lib.mkIf cfg.syncIps.enable {

@@ -68,7 +68,9 @@ let
     ;
 
   # Validation helpers: each returns its value or throws naming the argument.
-  fail = what: expected: value: throw "render.nix: ${what} must be ${expected}, got ${typeOf value}";
+  fail =
+    what: expected: value:
+    throw "render.nix: ${what} must be ${expected}, got ${typeOf value}";
 
   checkString = what: v: if isString v then v else fail what "a string" v;
 
@@ -181,7 +183,10 @@ let
       inner = indent + "  ";
       block =
         open: close: items:
-        if items == [ ] then open + close else "${open}\n${concatStringsSep ",\n" items}\n${indent}${close}";
+        if items == [ ] then
+          open + close
+        else
+          "${open}\n${concatStringsSep ",\n" items}\n${indent}${close}";
     in
     if isAttrs v then
       block "{" "}" (map (k: "${inner}${toJSON k}: ${toPrettyJSON inner v.${k}}") (attrNames v))
@@ -209,9 +214,13 @@ let
     "nft"
     "pasta"
   ] tools;
-  shell = checkAbsolute "tools.shell" (toolPaths.shell or (throw "render.nix: tools.shell is missing"));
+  shell = checkAbsolute "tools.shell" (
+    toolPaths.shell or (throw "render.nix: tools.shell is missing")
+  );
   nft = checkAbsolute "tools.nft" (toolPaths.nft or (throw "render.nix: tools.nft is missing"));
-  pasta = checkAbsolute "tools.pasta" (toolPaths.pasta or (throw "render.nix: tools.pasta is missing"));
+  pasta = checkAbsolute "tools.pasta" (
+    toolPaths.pasta or (throw "render.nix: tools.pasta is missing")
+  );
 
   checkMount =
     what: m:
@@ -417,9 +426,9 @@ let
     };
     mounts = allMounts;
     environment = {
-      pass = defaults.passEnv ++ filter (n: !(elem n defaults.passEnv)) (
-        checkList "passEnv" checkPassName passEnv
-      );
+      pass =
+        defaults.passEnv
+        ++ filter (n: !(elem n defaults.passEnv)) (checkList "passEnv" checkPassName passEnv);
       set = {
         PATH = checkString "path" path;
         SSL_CERT_FILE = "/etc/ssl/certs/ca-certificates.crt";

@@ -48,22 +48,24 @@ let
   };
 
   rendered = render (
-    import ./sandbox-args.nix {
-      # Nix replaces the placeholder by the skeleton's own store path when it
-      # builds it, so activate.json can name the directory it lives in.
-      skeleton = builtins.placeholder "out";
-      shell = lib.getExe pkgs.bashInteractive;
-      nft = lib.getExe pkgs.nftables;
-      pasta = lib.getExe' pkgs.passt "pasta";
-      toolsBin = "${tools}/bin";
-      nixpkgsPath = if nixpkgsPath == null then null else "${nixpkgsPath}";
-    } (
-      removeAttrs options [
-        "agentPackage"
-        "extraPackages"
-        "nixpkgsPath"
-      ]
-    )
+    import ./sandbox-args.nix
+      {
+        # Nix replaces the placeholder by the skeleton's own store path when it
+        # builds it, so activate.json can name the directory it lives in.
+        skeleton = builtins.placeholder "out";
+        shell = lib.getExe pkgs.bashInteractive;
+        nft = lib.getExe pkgs.nftables;
+        pasta = lib.getExe' pkgs.passt "pasta";
+        toolsBin = "${tools}/bin";
+        nixpkgsPath = if nixpkgsPath == null then null else "${nixpkgsPath}";
+      }
+      (
+        removeAttrs options [
+          "agentPackage"
+          "extraPackages"
+          "nixpkgsPath"
+        ]
+      )
   );
 
   skeleton =

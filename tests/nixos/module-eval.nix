@@ -65,8 +65,96 @@ let
     cacert = fakeDrv "cacert" { };
   });
 
-  # The NixOS options the module sets, declared as loosely as they can be
-  # while still checking the shape of what it writes.
+  # The NixOS options the module sets. Those whose shape matters carry the
+  # types of nixos-25.11 (nixos/modules/security/sudo.nix,
+  # nixos/modules/config/sysctl.nix, nixos/modules/system/etc/etc.nix), so a
+  # definition the real module system would refuse is refused here too; units
+  # declare only the options the module uses, so a misspelt one is refused.
+  unitOption = types.oneOf [
+    types.bool
+    types.int
+    types.str
+    (types.listOf types.str)
+  ];
+
+  unit =
+    extraOptions:
+    types.submodule {
+      options = {
+        description = mkOption {
+          type = types.str;
+          default = "";
+        };
+        wants = mkOption {
+          type = types.listOf types.str;
+          default = [ ];
+        };
+        after = mkOption {
+          type = types.listOf types.str;
+          default = [ ];
+        };
+        wantedBy = mkOption {
+          type = types.listOf types.str;
+          default = [ ];
+        };
+      }
+      // extraOptions;
+    };
+
+  # As in sysctl.nix: one definition per key (after mkOverride/mkForce).
+  sysctlOption = lib.mkOptionType {
+    name = "sysctl option value";
+    check = x: lib.isBool x || lib.isString x || lib.isInt x || x == null;
+    merge = loc: defs: lib.mergeOneOption loc (lib.filterOverrides defs);
+  };
+
+  sudoRule = types.submodule {
+    options = {
+      users = mkOption {
+        type = types.listOf (types.either types.str types.int);
+        default = [ ];
+      };
+      groups = mkOption {
+        type = types.listOf (types.either types.str types.int);
+        default = [ ];
+      };
+      host = mkOption {
+        type = types.str;
+        default = "ALL";
+      };
+      runAs = mkOption {
+        type = types.str;
+        default = "ALL:ALL";
+      };
+      commands = mkOption {
+        type = types.listOf (
+          types.either types.str (
+            types.submodule {
+              options.command = mkOption { type = types.str; };
+              options.options = mkOption {
+                type = types.listOf (
+                  types.enum [
+                    "NOPASSWD"
+                    "PASSWD"
+                    "NOEXEC"
+                    "EXEC"
+                    "SETENV"
+                    "NOSETENV"
+                    "LOG_INPUT"
+                    "NOLOG_INPUT"
+                    "LOG_OUTPUT"
+                    "NOLOG_OUTPUT"
+                  ]
+                );
+                default = [ ];
+              };
+            }
+          )
+        );
+      };
+    };
+  };
+
   nixosStubs = {
     options = {
       assertions = mkOption {
@@ -85,7 +173,7 @@ let
       environment.etc = mkOption {
         type = types.attrsOf (
           types.submodule {
-            options.source = mkOption { type = types.str; };
+            options.source = mkOption { type = types.path; };
           }
         );
         default = { };
@@ -95,15 +183,25 @@ let
         default = [ ];
       };
       systemd.services = mkOption {
-        type = types.attrsOf (types.attrsOf types.anything);
+        type = types.attrsOf (unit {
+          serviceConfig = mkOption {
+            type = types.attrsOf unitOption;
+            default = { };
+          };
+        });
         default = { };
       };
       systemd.timers = mkOption {
-        type = types.attrsOf (types.attrsOf types.anything);
+        type = types.attrsOf (unit {
+          timerConfig = mkOption {
+            type = types.attrsOf unitOption;
+            default = { };
+          };
+        });
         default = { };
       };
       security.sudo.extraRules = mkOption {
-        type = types.listOf (types.attrsOf types.anything);
+        type = types.listOf sudoRule;
         default = [ ];
       };
       security.sudo.extraConfig = mkOption {
@@ -111,7 +209,7 @@ let
         default = "";
       };
       boot.kernel.sysctl = mkOption {
-        type = types.attrsOf types.anything;
+        type = types.attrsOf sysctlOption;
         default = { };
       };
       users.groups = mkOption {
@@ -152,7 +250,9 @@ let
       syncIpsService = config.systemd.services.claude-chroot-sync-ips.serviceConfig or null;
     };
 
-  expect = what: ok: value: if ok then value else throw "module-eval: expected ${what}";
+  expect =
+    what: ok: value:
+    if ok then value else throw "module-eval: expected ${what}";
 
   defaultConfig = evaluate { programs.claude-chroot.enable = true; };
 
@@ -205,34 +305,61 @@ let
     };
   };
 
+  # A hardening profile that sets the same sysctl, and one that sets another value.
+  sameSysctlConfig = evaluate {
+    programs.claude-chroot.enable = true;
+    boot.kernel.sysctl."dev.tty.legacy_tiocsti" = 0;
+  };
+  otherSysctlConfig = evaluate {
+    programs.claude-chroot.enable = true;
+    boot.kernel.sysctl."dev.tty.legacy_tiocsti" = 1;
+  };
+
   disabledConfig = evaluate { };
 
   default = summary defaultConfig;
   full = summary fullConfig;
 in
 {
-  default =
-    expect "no failed assertion by default" (default.failedAssertions == [ ])
-      (
-        expect "the TIOCSTI sysctl by default" (default.sysctl."dev.tty.legacy_tiocsti" == 0)
-          (
-            expect "no sudo rule without allowedGroup" (default.extraRules == [ ]) (
-              expect "the default deny list" (
-                lib.elem "etc/claude-code/managed-settings.json" default.skeletonFiles
-              ) default
-            )
-          )
-      );
+  default = expect "no failed assertion by default" (default.failedAssertions == [ ]) (
+    expect "the TIOCSTI sysctl by default" (default.sysctl."dev.tty.legacy_tiocsti" == 0) (
+      expect "no sudo rule without allowedGroup" (default.extraRules == [ ]) (
+        expect "the default deny list"
+          (lib.elem "etc/claude-code/managed-settings.json" default.skeletonFiles)
+          default
+      )
+    )
+  );
 
   full = expect "no failed assertion with every option set" (full.failedAssertions == [ ]) (
-    expect "sync-ips --yes when apply is set" (lib.hasSuffix "sync-ips --yes" full.syncIpsService.ExecStart)
+    expect "sync-ips --yes when apply is set"
+      (lib.hasSuffix "sync-ips --yes" full.syncIpsService.ExecStart)
       (
-        expect "the configured domains in activate.json" (
-          full.activate.network.domains == [
-            "api.anthropic.com"
-            "registry.npmjs.org"
-          ]
-        ) full
+        expect "one passwordless sudo rule for allowedGroup, naming the root-side script"
+          (
+            full.extraRules == [
+              {
+                users = [ ];
+                groups = [ "claude-chroot" ];
+                host = "ALL";
+                runAs = "ALL:ALL";
+                commands = [
+                  {
+                    command = lib.getExe (lib.head fullConfig.environment.systemPackages).privileged;
+                    options = [ "NOPASSWD" ];
+                  }
+                ];
+              }
+            ]
+          )
+          (
+            expect "the configured domains in activate.json" (
+              full.activate.network.domains == [
+                "api.anthropic.com"
+                "registry.npmjs.org"
+              ]
+            ) full
+          )
       )
   );
 
@@ -240,7 +367,20 @@ in
     let
       messages = failedAssertions impossibleConfig;
     in
-    expect "four failed assertions for the impossible configuration" (lib.length messages == 4) messages;
+    expect "four failed assertions for the impossible configuration" (
+      lib.length messages == 4
+    ) messages;
 
-  disabled = expect "nothing when disabled" (disabledConfig.environment.systemPackages == [ ]) "nothing set";
+  sysctl =
+    expect "no clash with another definition of the same TIOCSTI value"
+      (failedAssertions sameSysctlConfig == [ ])
+      (
+        expect "a failed assertion when another definition re-enables TIOCSTI" (
+          lib.length (failedAssertions otherSysctlConfig) == 1
+        ) (failedAssertions otherSysctlConfig)
+      );
+
+  disabled = expect "nothing when disabled" (
+    disabledConfig.environment.systemPackages == [ ]
+  ) "nothing set";
 }
