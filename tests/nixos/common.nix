@@ -83,6 +83,16 @@ in
         uid = 1000;
         extraGroups = [ "claude-chroot" ];
       };
+      # A user the Nix daemon trusts: claude-chroot must refuse to sandbox it.
+      users.users.trusty = {
+        isNormalUser = true;
+        uid = 1001;
+        extraGroups = [ "claude-chroot" ];
+      };
+      nix.settings.trusted-users = [
+        "root"
+        "trusty"
+      ];
 
       programs.claude-chroot = {
         enable = true;

@@ -1,5 +1,6 @@
 # Managed settings: present, immutable while a session runs, and impossible
-# to change from inside; protected workspace paths stay read-only.
+# to change from inside; the Nix daemon never trusts the agent; protected
+# workspace paths stay read-only.
 {
   name = "claude-chroot-settings";
   imports = [ ./common.nix ];
@@ -28,6 +29,18 @@
         machine.succeed(as_alice("mkdir -p ~/.config/claude-chroot && echo '{\"permissions\":{\"deny\":[\"WebFetch\"]}}' > ~/.config/claude-chroot/managed-settings.json"))
         out = machine.succeed(sandboxed(f"cat {settings}"))
         assert "curl" not in out and "WebFetch" in out, out
+
+    with subtest("the agent reaches the Nix daemon only as an untrusted client"):
+        # `nix store info` prints to stderr.
+        out = machine.succeed(sandboxed("nix store info 2>&1"))
+        assert "Trusted:" in out and "Trusted: 1" not in out, out
+
+    with subtest("a user the Nix daemon trusts is refused before anything runs"):
+        machine.succeed("su - trusty -c 'mkdir -p ~/project'")
+        status, out = machine.execute("su - trusty -c 'claude-chroot ~/project -- touch /workspace/ran' 2>&1")
+        assert status == 125, (status, out)
+        assert "trusts uid 1001" in out, out
+        machine.fail("test -e /home/trusty/project/ran")
 
     with subtest("protected workspace paths are read-only inside"):
         machine.succeed(as_alice("mkdir -p ~/project/.git/hooks && touch ~/project/.envrc"))
