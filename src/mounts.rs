@@ -6,12 +6,13 @@
 //! `/oldroot`), so every target is created and resolved inside the new root and sources
 //! are reached through `/oldroot`; then the old root is detached and `/` made read-only.
 
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
-use nix::sys::stat::{SFlag, lstat};
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+use nix::sys::stat::{Mode, SFlag, lstat};
 use serde::Serialize;
 
 use crate::config::Config;
@@ -60,6 +61,14 @@ pub enum Step {
     Symlink {
         target: PathBuf,
         points_to: PathBuf,
+    },
+    /// A detached tree attached over an existing path inside the workspace, which the
+    /// user and the agent control: the target is resolved beneath `/workspace` without
+    /// following any symlink, never created, and the mount goes onto that descriptor.
+    WorkspaceBind {
+        source: Source,
+        relative: PathBuf,
+        writable: bool,
     },
 }
 
@@ -189,15 +198,14 @@ pub fn plan(config: &Config, s: &SessionMounts) -> Vec<Step> {
         optional: false,
     });
     for (rel, fd, is_dir) in &s.protected {
-        steps.push(Step::Bind {
+        steps.push(Step::WorkspaceBind {
             source: Source::Fd {
                 name: format!("workspace/{}", rel.display()),
                 fd: *fd,
                 is_dir: *is_dir,
             },
-            target: Path::new(WORKSPACE).join(rel),
+            relative: rel.clone(),
             writable: false,
-            optional: false,
         });
     }
     steps
@@ -269,6 +277,73 @@ pub fn detached_tree(fd: BorrowedFd<'_>, what: &str) -> Result<OwnedFd> {
     }
     // SAFETY: open_tree returned a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(rc as RawFd) })
+}
+
+/// Set attributes on a detached mount tree and every mount in it, before it is attached.
+fn set_tree_attrs(tree: RawFd, attrs: u64) -> Result<()> {
+    let attr = MountAttr {
+        attr_set: attrs,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: tree is an open mount descriptor, the path is an empty C string used with
+    // AT_EMPTY_PATH, and attr is a correctly sized mount_attr.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree,
+            c"".as_ptr(),
+            (libc::AT_EMPTY_PATH | libc::AT_RECURSIVE) as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .context("mount_setattr on a detached tree (recursive)");
+    }
+    Ok(())
+}
+
+/// Attach the detached tree `tree` onto the file or directory open as `onto`.
+fn attach_tree_onto(tree: RawFd, onto: BorrowedFd<'_>) -> Result<()> {
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+    const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
+    // SAFETY: both descriptors are open and both paths are empty C strings used with the
+    // EMPTY_PATH flags.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree,
+            c"".as_ptr(),
+            onto.as_raw_fd(),
+            c"".as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("move_mount onto a descriptor");
+    }
+    Ok(())
+}
+
+/// The attributes every bind gets: `nosuid` and `nodev` (outside /dev), read-only unless
+/// writable.
+fn bind_attrs(target: &Path, writable: bool) -> u64 {
+    // No setuid or device file gains anything inside, wherever it comes from.
+    let mut attrs = if weaken::active(Knob::Nosuid) {
+        0
+    } else {
+        MOUNT_ATTR_NOSUID
+    };
+    if !target.starts_with("/dev") {
+        attrs |= MOUNT_ATTR_NODEV;
+    }
+    if !writable {
+        attrs |= MOUNT_ATTR_RDONLY;
+    }
+    attrs
 }
 
 /// Attach a detached mount tree at `target`.
@@ -476,19 +551,55 @@ fn run_step(step: &Step) -> Result<()> {
                     attach_tree(*fd, target)?;
                 }
             }
-            // No setuid or device file gains anything inside, wherever it comes from.
-            let mut attrs = if weaken::active(Knob::Nosuid) {
-                0
-            } else {
-                MOUNT_ATTR_NOSUID
+            set_recursive(target, bind_attrs(target, *writable))?;
+        }
+        Step::WorkspaceBind {
+            source,
+            relative,
+            writable,
+        } => {
+            let Source::Fd { fd, is_dir, .. } = source else {
+                bail!("a workspace bind takes a detached tree, not a host path");
             };
-            if !target.starts_with("/dev") {
-                attrs |= MOUNT_ATTR_NODEV;
+            let target = Path::new(WORKSPACE).join(relative);
+            // Resolve the target once, beneath the workspace and through no symlink: the
+            // agent of another session on the same workspace may be swapping its parents.
+            let workspace = nix::fcntl::open(
+                WORKSPACE,
+                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .with_context(|| format!("open {WORKSPACE}"))?;
+            let how = OpenHow::new()
+                .flags(OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+                .resolve(
+                    ResolveFlag::RESOLVE_BENEATH
+                        | ResolveFlag::RESOLVE_NO_SYMLINKS
+                        | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+                );
+            let onto = openat2(&workspace, relative.as_path(), how).with_context(|| {
+                format!(
+                    "open {} beneath the workspace without symlinks (it must still exist \
+                     as it did at start)",
+                    target.display()
+                )
+            })?;
+            let st = nix::sys::stat::fstat(&onto)
+                .with_context(|| format!("fstat {}", target.display()))?;
+            // A plain file or a directory, as at start: never a symlink, device or socket.
+            let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+            let want = if *is_dir { SFlag::S_IFDIR } else { SFlag::S_IFREG };
+            if kind != want {
+                bail!(
+                    "{} is no longer the {} it was when the session started",
+                    target.display(),
+                    if *is_dir { "directory" } else { "regular file" }
+                );
             }
-            if !writable {
-                attrs |= MOUNT_ATTR_RDONLY;
-            }
-            set_recursive(target, attrs)?;
+            set_tree_attrs(*fd, bind_attrs(&target, *writable))
+                .with_context(|| format!("set the attributes of {}", target.display()))?;
+            attach_tree_onto(*fd, onto.as_fd())
+                .with_context(|| format!("attach {}", target.display()))?;
         }
     }
     Ok(())
@@ -566,7 +677,11 @@ mod tests {
                 .position(|s| matches!(s, Step::Bind { target: t, .. } if t == Path::new(target)))
                 .unwrap()
         };
-        assert!(position("/workspace") < position("/workspace/.git/config"));
+        let protected = steps
+            .iter()
+            .position(|s| matches!(s, Step::WorkspaceBind { relative, .. } if relative == Path::new(".git/config")))
+            .unwrap();
+        assert!(position("/workspace") < protected);
         assert!(position("/etc") < position("/etc/claude-code/managed-settings.json"));
         let run = steps
             .iter()
