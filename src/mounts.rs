@@ -10,8 +10,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sys::stat::{Mode, SFlag, lstat};
 use serde::Serialize;
 
@@ -588,7 +588,11 @@ fn run_step(step: &Step) -> Result<()> {
                 .with_context(|| format!("fstat {}", target.display()))?;
             // A plain file or a directory, as at start: never a symlink, device or socket.
             let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
-            let want = if *is_dir { SFlag::S_IFDIR } else { SFlag::S_IFREG };
+            let want = if *is_dir {
+                SFlag::S_IFDIR
+            } else {
+                SFlag::S_IFREG
+            };
             if kind != want {
                 bail!(
                     "{} is no longer the {} it was when the session started",
