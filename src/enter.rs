@@ -106,6 +106,7 @@ fn check(args: &EnterArgs) -> Result<Checked> {
     // Compare the workspace against the state directory as the kernel resolves it.
     let state_dir = std::fs::canonicalize(&config.state_dir).unwrap_or(config.state_dir.clone());
     let workspace = Workspace::open(&args.workspace, &identity, &state_dir)?;
+    workspace.refuse_host_config(&identity, &config.managed_settings.custom)?;
     // Load the vetted allowlist once: the session's /etc/hosts and the firewall are both
     // built from this value, so resolution and enforcement cannot disagree.
     let allowlist = match mode {

@@ -87,4 +87,75 @@ impl Workspace {
         }
         Ok(Workspace { path, fd })
     }
+
+    /// Refuse a workspace that holds what the host reads the sandbox's rules from: the
+    /// user's custom managed settings and `~/.claude` (copied into every session). With
+    /// either inside it, for instance through a symlinked dotfiles directory, the agent
+    /// could rewrite the settings that bind its next session, or the host's own agent
+    /// configuration.
+    pub fn refuse_host_config(&self, identity: &Identity, custom_settings: &Path) -> Result<()> {
+        let Some(home) = &identity.host_home else {
+            return Ok(());
+        };
+        for (path, what) in [
+            (home.join(custom_settings), "your custom managed settings"),
+            (home.join(".claude"), "your ~/.claude"),
+        ] {
+            let resolved = identity.run_as(|| Ok(resolve_existing_prefix(&path)))?;
+            if let Some(resolved) = resolved
+                && resolved.starts_with(&self.path)
+            {
+                bail!(
+                    "workspace {} holds {what} ({} is {}): the agent could change them; \
+                     move them out of the project or choose another directory",
+                    self.path.display(),
+                    path.display(),
+                    resolved.display()
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where `path` is, or would be once created: its longest existing prefix with symlinks
+/// resolved, and the rest appended. `None` when the prefix cannot be resolved.
+fn resolve_existing_prefix(path: &Path) -> Option<PathBuf> {
+    let mut prefix = path.to_path_buf();
+    let mut rest = Vec::new();
+    loop {
+        match std::fs::canonicalize(&prefix) {
+            Ok(real) => return Some(rest.iter().rev().fold(real, |p, c| p.join(c))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                rest.push(prefix.file_name()?.to_os_string());
+                if !prefix.pop() {
+                    return None;
+                }
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_path_resolves_through_its_existing_symlinked_parent() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("dotfiles/claude-chroot");
+        std::fs::create_dir_all(&real).unwrap();
+        std::fs::create_dir(dir.path().join(".config")).unwrap();
+        std::os::unix::fs::symlink(&real, dir.path().join(".config/claude-chroot")).unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        assert_eq!(
+            resolve_existing_prefix(&dir.path().join(".config/claude-chroot/settings.json")),
+            Some(root.join("dotfiles/claude-chroot/settings.json"))
+        );
+        assert_eq!(
+            resolve_existing_prefix(&dir.path().join("none/a/b")),
+            Some(root.join("none/a/b"))
+        );
+    }
 }

@@ -228,3 +228,50 @@ fn settings_copy_is_immutable_while_the_session_runs() {
     assert!(write.is_err());
     assert!(f.sessions().is_empty());
 }
+
+#[test]
+fn a_workspace_holding_the_custom_settings_or_claude_dir_is_refused() {
+    let u = CAROL.ensure();
+    reset_home(u);
+    let f = Fixture::new();
+    // A dotfiles checkout that ~/.config/claude-chroot links into, as stow makes them;
+    // the settings file itself does not exist yet, so the agent could create it.
+    let dotfiles = f.workspace("dotfiles", u);
+    std::fs::create_dir_all(dotfiles.join("claude-chroot")).unwrap();
+    chown(&dotfiles.join("claude-chroot"), u);
+    std::fs::create_dir_all(u.home().join(".config")).unwrap();
+    chown(&u.home().join(".config"), u);
+    symlink(
+        dotfiles.join("claude-chroot"),
+        u.home().join(".config/claude-chroot"),
+    )
+    .unwrap();
+    let out = f.run(u, &dotfiles, "touch /workspace/claude-chroot/managed-settings.json");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(err.contains("holds your custom managed settings"), "{err}");
+    assert!(!dotfiles.join("claude-chroot/managed-settings.json").exists());
+    reset_home(u);
+
+    // ~/.claude kept in a project.
+    let project = f.workspace("project", u);
+    std::fs::create_dir(project.join("claude-home")).unwrap();
+    chown(&project.join("claude-home"), u);
+    symlink(project.join("claude-home"), u.home().join(".claude")).unwrap();
+    let out = f.run(u, &project, "true");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(err.contains("holds your ~/.claude"), "{err}");
+
+    std::fs::remove_file(u.home().join(".claude")).unwrap();
+
+    // Elsewhere, the linked settings directory is fine.
+    symlink(
+        dotfiles.join("claude-chroot"),
+        u.home().join(".config/claude-chroot"),
+    )
+    .unwrap();
+    let other = f.workspace("other", u);
+    assert_eq!(ok(&f.run(u, &other, "echo ran")), "ran\n");
+    reset_home(u);
+}

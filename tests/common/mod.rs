@@ -29,6 +29,10 @@ pub const BOB: TestUser = TestUser {
     name: "ccr-bob",
     uid: 2902,
 };
+pub const CAROL: TestUser = TestUser {
+    name: "ccr-carol",
+    uid: 2903,
+};
 
 impl TestUser {
     /// Create the account (idempotent): its home lives under /home like any user's.
