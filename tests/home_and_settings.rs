@@ -246,11 +246,19 @@ fn a_workspace_holding_the_custom_settings_or_claude_dir_is_refused() {
         u.home().join(".config/claude-chroot"),
     )
     .unwrap();
-    let out = f.run(u, &dotfiles, "touch /workspace/claude-chroot/managed-settings.json");
+    let out = f.run(
+        u,
+        &dotfiles,
+        "touch /workspace/claude-chroot/managed-settings.json",
+    );
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(125), "{err}");
     assert!(err.contains("holds your custom managed settings"), "{err}");
-    assert!(!dotfiles.join("claude-chroot/managed-settings.json").exists());
+    assert!(
+        !dotfiles
+            .join("claude-chroot/managed-settings.json")
+            .exists()
+    );
     reset_home(u);
 
     // ~/.claude kept in a project.
