@@ -88,6 +88,14 @@ const NAMESPACE_FLAGS: &[u64] = &[
 #[allow(clippy::unnecessary_cast)]
 const DENIED_IOCTLS: &[u64] = &[libc::TIOCSTI as u64, libc::TIOCLINUX as u64];
 
+/// The socket families the agent may create.
+const SOCKET_FAMILIES: &[libc::c_int] = &[
+    libc::AF_UNIX,
+    libc::AF_INET,
+    libc::AF_INET6,
+    libc::AF_NETLINK,
+];
+
 fn arch() -> Result<TargetArch> {
     std::env::consts::ARCH
         .try_into()
@@ -133,6 +141,17 @@ fn deny_filter() -> Result<BpfProgram> {
         })
         .collect::<Result<Vec<_>>>()?;
     rules.insert(libc::SYS_ioctl, ioctl_rules);
+    // Sockets of the families a coding agent uses; the others (vsock reaches the
+    // hypervisor and local VMs past the network namespace, and many are rarely used
+    // kernel code) are refused.
+    let other_family = SOCKET_FAMILIES
+        .iter()
+        .map(|&family| cond(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, family as u64))
+        .collect::<Result<Vec<_>>>()?;
+    rules.insert(
+        libc::SYS_socket,
+        vec![SeccompRule::new(other_family).context("seccomp rule")?],
+    );
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::Allow,
@@ -247,6 +266,22 @@ mod tests {
             [-1, libc::TIOCLINUX as _, 0, 0],
             eperm,
         ));
+        for (name, family, kind) in [
+            ("socket(AF_VSOCK)", libc::AF_VSOCK, libc::SOCK_STREAM),
+            ("socket(AF_ALG)", libc::AF_ALG, libc::SOCK_SEQPACKET),
+        ] {
+            calls.push((
+                name,
+                libc::SYS_socket,
+                [family as _, kind as _, 0, 0],
+                eperm,
+            ));
+        }
+        // Still allowed: the families in SOCKET_FAMILIES.
+        for family in SOCKET_FAMILIES {
+            let args = [*family as _, libc::SOCK_DGRAM as _, 0, 0];
+            calls.push(("socket(allowed family)", libc::SYS_socket, args, 0));
+        }
         calls
     }
 
@@ -338,6 +373,8 @@ mod tests {
             "io_uring_setup",
             "unshare(NEWUSER)",
             "ioctl(TIOCSTI)",
+            "socket(AF_VSOCK)",
+            "socket(AF_ALG)",
         ] {
             assert!(by_filter.contains(&name), "{name} not shown: {by_filter:?}");
         }
