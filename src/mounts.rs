@@ -62,6 +62,11 @@ pub enum Step {
         target: PathBuf,
         points_to: PathBuf,
     },
+    /// `/dev/null` bound read-only over a kernel file that tells the agent about the
+    /// host, when the kernel has it.
+    Mask {
+        target: PathBuf,
+    },
     /// A detached tree attached over an existing path inside the workspace, which the
     /// user and the agent control: the target is resolved beneath `/workspace` without
     /// following any symlink, never created, and the mount goes onto that descriptor.
@@ -91,6 +96,9 @@ pub struct SessionMounts {
 /// Device nodes bound from the host, as bubblewrap's `--dev` does.
 const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 
+/// Files under /proc hidden behind /dev/null.
+const PROC_MASKED: [&str; 5] = ["keys", "key-users", "timer_list", "sched_debug", "kcore"];
+
 /// The inside path of the workspace.
 pub const WORKSPACE: &str = "/workspace";
 
@@ -101,13 +109,21 @@ pub fn plan(config: &Config, s: &SessionMounts) -> Vec<Step> {
         Step::Proc {
             target: "/proc".into(),
         },
-        Step::Bind {
-            source: Source::Host(config.skeleton.join("etc")),
-            target: "/etc".into(),
-            writable: false,
-            optional: false,
-        },
     ];
+    // Files of the fresh proc that still describe the host, as container runtimes mask
+    // them: /proc/keys lists the descriptions of every key the agent's uid may view, the
+    // invoking user's own keyring included (keyctl itself is refused by seccomp).
+    for file in PROC_MASKED {
+        steps.push(Step::Mask {
+            target: Path::new("/proc").join(file),
+        });
+    }
+    steps.extend([Step::Bind {
+        source: Source::Host(config.skeleton.join("etc")),
+        target: "/etc".into(),
+        writable: false,
+        optional: false,
+    }]);
     for (file, target) in [
         (&s.passwd, "/etc/passwd"),
         (&s.group, "/etc/group"),
@@ -552,6 +568,24 @@ fn run_step(step: &Step) -> Result<()> {
                 }
             }
             set_recursive(target, bind_attrs(target, *writable))?;
+        }
+        Step::Mask { target } => {
+            check_target(target)?;
+            match lstat(target) {
+                Err(nix::Error::ENOENT) => return Ok(()),
+                Err(e) => return Err(e).with_context(|| format!("lstat {}", target.display())),
+                Ok(_) => {}
+            }
+            let null = old(Path::new("/dev/null"));
+            mount(
+                Some(&null),
+                target,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .with_context(|| format!("bind /dev/null over {}", target.display()))?;
+            set_recursive(target, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID)?;
         }
         Step::WorkspaceBind {
             source,

@@ -203,13 +203,29 @@ fn user_keyring_of_the_invoking_user_is_unreachable() {
     let out = f.run(
         a,
         &ws,
-        &format!("keyctl print {id} 2>&1; keyctl show @u 2>&1; keyctl request user ccr-secret 2>&1; echo end"),
+        &format!(
+            "keyctl print {id} 2>&1; keyctl show @u 2>&1; keyctl request user ccr-secret 2>&1; \
+             cat /proc/keys /proc/key-users 2>&1; echo end"
+        ),
     );
+    // The same listing on the host shows the key, so its absence inside means something.
+    let host = std::process::Command::new("setpriv")
+        .args([
+            "--reuid",
+            &a.uid.to_string(),
+            "--regid",
+            &a.gid().to_string(),
+        ])
+        .args(["--clear-groups", "cat", "/proc/keys"])
+        .output()
+        .unwrap();
+    assert!(ok(&host).contains("ccr-secret"), "{}", stdout(&host));
     let text = ok(&out);
     let _ = std::process::Command::new("keyctl")
         .args(["unlink", &id])
         .output();
     assert!(!text.contains("s3cr3t"), "key readable inside:\n{text}");
+    assert!(!text.contains("ccr-secret"), "key listed inside:\n{text}");
     assert!(text.contains("Operation not permitted"), "{text}");
     assert!(text.ends_with("end\n"));
 }
