@@ -17,12 +17,19 @@
   tools,
   # PATH inside the sandbox.
   path,
-  # Host paths bound into the sandbox; /nix read-only carries the tools and
-  # the Nix daemon socket.
+  # Host paths bound into the sandbox, read-only: the store carries the tools,
+  # and the daemon socket's directory lets `nix` inside build through the host's
+  # daemon. The rest of /nix/var (build logs, GC roots naming host paths, other
+  # users' profiles) stays out.
   mounts ? [
     {
-      source = "/nix";
-      target = "/nix";
+      source = "/nix/store";
+      target = "/nix/store";
+    }
+    {
+      source = "/nix/var/nix/daemon-socket";
+      target = "/nix/var/nix/daemon-socket";
+      optional = true;
     }
   ],
   # More binds, appended to `mounts`.
@@ -297,8 +304,14 @@ let
   nixpkgs = checkNullOr "nixpkgsPath" checkAbsolute nixpkgsPath;
 
   # The Nix client inside talks to the host's daemon through the socket under
-  # /nix; without /nix there is no daemon to talk to.
-  nixMounted = builtins.any (m: m.target == "/nix") allMounts;
+  # /nix; without it there is no daemon to talk to.
+  nixMounted = builtins.any (
+    m:
+    builtins.elem m.target [
+      "/nix"
+      "/nix/var/nix/daemon-socket"
+    ]
+  ) allMounts;
 
   # Files.
   uid = if userUid == null then 1000 else userUid;

@@ -139,8 +139,11 @@ fn rendered_activate_json_is_accepted_by_the_activator() {
     );
     assert!(config.environment.pass.iter().any(|v| v == "EDITOR"));
     assert_eq!(config.environment.set["NIX_REMOTE"], "daemon");
-    assert_eq!(config.mounts.len(), 3);
-    assert!(config.mounts[2].optional);
+    // The store, the daemon socket's directory (optional), and the test's extra mount.
+    assert_eq!(config.mounts.len(), 3 + 1);
+    assert_eq!(config.mounts[0].target, Path::new("/nix/store"));
+    assert!(config.mounts[1].optional);
+    assert!(config.mounts[3].optional);
 }
 
 #[test]
@@ -397,11 +400,19 @@ fn default_package_config_differs_from_the_tested_one_only_in_paths() {
         without_paths(default.clone()),
         without_paths(tested.clone())
     );
-    // And the paths are what the fixture stands in for: the store's /nix, and PATH into
-    // the tool environment.
+    // And the paths are what the fixture stands in for: the store and the daemon socket,
+    // and PATH into the tool environment.
     assert_eq!(
         default["mounts"],
-        serde_json::json!([{ "source": "/nix", "target": "/nix", "writable": false, "optional": false }])
+        serde_json::json!([
+            { "source": "/nix/store", "target": "/nix/store", "writable": false, "optional": false },
+            {
+                "source": "/nix/var/nix/daemon-socket",
+                "target": "/nix/var/nix/daemon-socket",
+                "writable": false,
+                "optional": true
+            }
+        ])
     );
     assert!(
         default["environment"]["set"]["PATH"]
