@@ -518,13 +518,14 @@ fn run_step(step: &Step) -> Result<()> {
         }
         Step::Devpts { target } => {
             create_mount_point(target, true)?;
-            // A private devpts instance: the sandbox's terminals are not the host's.
+            // A private devpts instance: the sandbox's terminals are not the host's, and
+            // at most 256 of them, so the agent cannot use up the kernel's pty limit.
             mount(
                 Some("devpts"),
                 target,
                 Some("devpts"),
                 MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-                Some("newinstance,ptmxmode=0666,mode=0620"),
+                Some("newinstance,ptmxmode=0666,mode=0620,max=256"),
             )
             .with_context(|| format!("mount devpts on {}", target.display()))?;
         }
