@@ -41,6 +41,23 @@ let
   privileged = lib.getExe sandbox.privileged;
 
   inherit (sandbox) passEnv;
+
+  # Members of allowedGroup whom the Nix daemon trusts, by name, by one of their
+  # groups or by `*`: the activator refuses to start a session for them.
+  trustedUsers = config.nix.settings.trusted-users or [ ];
+  groupsOf = user: [ user.group ] ++ user.extraGroups;
+  trustedMembers = lib.filter (
+    name:
+    let
+      user = config.users.users.${name};
+    in
+    lib.elem cfg.allowedGroup (groupsOf user)
+    && (
+      lib.elem "*" trustedUsers
+      || lib.elem name trustedUsers
+      || lib.any (g: lib.elem "@${g}" trustedUsers) (groupsOf user)
+    )
+  ) (lib.attrNames config.users.users);
 in
 {
   options.programs.claude-chroot = {
@@ -273,6 +290,10 @@ in
         message = "programs.claude-chroot.allowedGroup names a group that users.groups does not define.";
       }
     ];
+
+    warnings = lib.optional (cfg.allowedGroup != null && trustedMembers != [ ]) ''
+      programs.claude-chroot: ${lib.concatStringsSep ", " trustedMembers} may start claude-chroot, but nix.settings.trusted-users makes the Nix daemon trust them, and a trusted client can make the daemon run code as root; claude-chroot refuses to start a session for them. Remove them (or their group) from trusted-users, or from ${cfg.allowedGroup}.
+    '';
 
     environment.systemPackages = [ sandbox ];
 

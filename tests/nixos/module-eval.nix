@@ -216,6 +216,29 @@ let
         type = types.attrsOf (types.attrsOf types.anything);
         default = { };
       };
+      users.users = mkOption {
+        type = types.attrsOf (
+          types.submodule {
+            options.group = mkOption {
+              type = types.str;
+              default = "";
+            };
+            options.extraGroups = mkOption {
+              type = types.listOf types.str;
+              default = [ ];
+            };
+          }
+        );
+        default = { };
+      };
+      nix.settings.trusted-users = mkOption {
+        type = types.listOf types.str;
+        default = [ "root" ];
+      };
+      warnings = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+      };
     };
   };
 
@@ -305,6 +328,24 @@ let
     };
   };
 
+  # A member of allowedGroup whom the daemon trusts through @wheel.
+  trustedMemberConfig = evaluate {
+    users.groups.claude-chroot = { };
+    users.users.alice.extraGroups = [
+      "claude-chroot"
+      "wheel"
+    ];
+    users.users.bob.extraGroups = [ "claude-chroot" ];
+    nix.settings.trusted-users = [
+      "root"
+      "@wheel"
+    ];
+    programs.claude-chroot = {
+      enable = true;
+      allowedGroup = "claude-chroot";
+    };
+  };
+
   # A hardening profile that sets the same sysctl, and one that sets another value.
   sameSysctlConfig = evaluate {
     programs.claude-chroot.enable = true;
@@ -379,6 +420,16 @@ in
           lib.length (failedAssertions otherSysctlConfig) == 1
         ) (failedAssertions otherSysctlConfig)
       );
+
+  trustedMember =
+    let
+      warnings = trustedMemberConfig.warnings;
+    in
+    expect "one warning naming exactly the trusted member" (
+      lib.length warnings == 1
+      && lib.hasInfix "alice may start" (lib.head warnings)
+      && !lib.hasInfix "bob" (lib.head warnings)
+    ) warnings;
 
   disabled = expect "nothing when disabled" (
     disabledConfig.environment.systemPackages == [ ]
