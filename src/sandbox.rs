@@ -304,8 +304,8 @@ impl Running {
 
     /// Relay the terminal and forward signals until the sandbox ends; its exit status.
     pub fn wait(mut self) -> Result<i32> {
-        let master = self.master.take();
-        let _raw = match (&master, terminal::is_tty(0)) {
+        let mut relay = self.master.take().map(terminal::Relay::new).transpose()?;
+        let _raw = match (&relay, terminal::is_tty(0)) {
             (Some(_), true) => {
                 // SAFETY: fd 0 is open for the whole run.
                 Some(terminal::RawMode::enter(unsafe {
@@ -314,101 +314,73 @@ impl Running {
             }
             _ => None,
         };
-        let mut stdin_open = master.is_some();
-        let mut master_open = master.is_some();
+        let ended = self.supervise(relay.as_mut());
+        // Pass on the agent's last output and undo the display modes it left set, before
+        // the activator prints anything more: concealed text or the alternate screen would
+        // hide the exit report.
+        if let Some(relay) = relay {
+            relay.finish();
+        }
+        let (status, killed) = ended?;
+        if killed {
+            eprint!("\r\nclaude-chroot: the session did not end after a signal; killing it\r\n");
+        }
+        Ok(status)
+    }
+
+    /// Forward signals, and relay the terminal, until the sandbox is reaped; its exit
+    /// status, and whether it had to be killed after the grace period.
+    fn supervise(&mut self, mut relay: Option<&mut terminal::Relay>) -> Result<(i32, bool)> {
         let mut deadline: Option<Instant> = None;
-        let mut buf = vec![0u8; 16 << 10];
+        let mut killed = false;
         loop {
-            if let Some(status) = self.try_reap()
-                && !master_open
-            {
-                return Ok(status);
-            }
-            if self.reaped.is_some()
-                && let Some(m) = &master
-            {
-                // The sandbox is gone: drain what its terminal still holds, then finish.
-                drain(m.as_fd(), &mut buf);
-                master_open = false;
-                continue;
+            if let Some(status) = self.try_reap() {
+                return Ok((status, killed));
             }
             let timeout = match deadline {
                 Some(d) => {
                     let left = d.saturating_duration_since(Instant::now());
                     if left.is_zero() {
-                        eprint!(
-                            "\r\nclaude-chroot: the session did not end after a signal; killing it\r\n"
-                        );
                         self.kill();
+                        killed = true;
                         continue;
                     }
-                    PollTimeout::try_from(left.as_millis().min(60_000) as i32)
-                        .unwrap_or(PollTimeout::MAX)
+                    terminal::poll_timeout(left)
                 }
                 None => PollTimeout::NONE,
             };
-            // SAFETY: fd 0 is open for the whole run.
-            let stdin = unsafe { BorrowedFd::borrow_raw(0) };
-            let mut fds = vec![PollFd::new(self.signals.as_fd(), PollFlags::POLLIN)];
-            if let Some(m) = &master {
-                if master_open {
-                    fds.push(PollFd::new(m.as_fd(), PollFlags::POLLIN));
-                }
-                if stdin_open {
-                    fds.push(PollFd::new(stdin, PollFlags::POLLIN));
-                }
-            }
-            match poll(&mut fds, timeout) {
-                Err(Errno::EINTR) | Ok(0) => continue,
-                Err(e) => return Err(e).context("poll"),
-                Ok(_) => {}
-            }
-            let ready: Vec<bool> = fds
-                .iter()
-                .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
-                .collect();
-            drop(fds);
-            if ready[0] {
-                while let Ok(Some(info)) = self.signals.read_signal() {
-                    let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else {
-                        continue;
-                    };
-                    match sig {
-                        Signal::SIGCHLD => {}
-                        Signal::SIGWINCH => {
-                            if let Some(m) = &master {
-                                terminal::copy_window_size(terminal::size_source(), m.as_fd());
-                            }
-                        }
-                        s => {
-                            let _ = send(self.sock.as_fd(), msg::SIGNAL, &[s as u8], None);
-                            // A shell may ignore the signal; the session ends anyway.
-                            if !matches!(s, Signal::SIGUSR1 | Signal::SIGUSR2) {
-                                deadline.get_or_insert(Instant::now() + GRACE);
-                            }
-                        }
+            let signalled = match relay.as_deref_mut() {
+                Some(r) => r.poll(self.signals.as_fd(), timeout)?,
+                None => {
+                    let mut fds = [PollFd::new(self.signals.as_fd(), PollFlags::POLLIN)];
+                    match poll(&mut fds, timeout) {
+                        Err(Errno::EINTR) | Ok(0) => false,
+                        Err(e) => return Err(e).context("poll the signal descriptor"),
+                        Ok(_) => true,
                     }
                 }
+            };
+            if !signalled {
+                continue;
             }
-            let Some(m) = &master else { continue };
-            let mut i = 1;
-            if master_open {
-                if ready[i] {
-                    match nix::unistd::read(m, &mut buf) {
-                        Ok(0) | Err(Errno::EIO) => master_open = false,
-                        Ok(n) => write_all(1, &buf[..n]),
-                        Err(Errno::EAGAIN) | Err(Errno::EINTR) => {}
-                        Err(e) => return Err(e).context("read from the sandbox terminal"),
+            while let Ok(Some(info)) = self.signals.read_signal() {
+                let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else {
+                    continue;
+                };
+                match sig {
+                    Signal::SIGCHLD => {}
+                    Signal::SIGWINCH => {
+                        if let Some(r) = relay.as_deref() {
+                            terminal::copy_window_size(terminal::size_source(), r.master());
+                        }
                     }
-                }
-                i += 1;
-            }
-            if stdin_open && ready.get(i).copied().unwrap_or(false) {
-                match nix::unistd::read(stdin, &mut buf) {
-                    Ok(0) => stdin_open = false,
-                    Ok(n) => write_all(m.as_raw_fd(), &buf[..n]),
-                    Err(Errno::EAGAIN) | Err(Errno::EINTR) => {}
-                    Err(_) => stdin_open = false,
+                    s => {
+                        let _ = send(self.sock.as_fd(), msg::SIGNAL, &[s as u8], None);
+                        // A shell may ignore the signal; the session ends anyway.
+                        if !matches!(s, Signal::SIGUSR1 | Signal::SIGUSR2) {
+                            deadline.get_or_insert(Instant::now() + GRACE);
+                        }
+                    }
                 }
             }
         }
@@ -418,31 +390,6 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         self.kill();
-    }
-}
-
-fn drain(master: BorrowedFd<'_>, buf: &mut [u8]) {
-    let _ = nix::fcntl::fcntl(
-        master,
-        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-    );
-    while let Ok(n) = nix::unistd::read(master, buf) {
-        if n == 0 {
-            break;
-        }
-        write_all(1, &buf[..n]);
-    }
-}
-
-fn write_all(fd: RawFd, mut data: &[u8]) {
-    // SAFETY: fd is a standard descriptor or the terminal master, open for the run.
-    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-    while !data.is_empty() {
-        match nix::unistd::write(fd, data) {
-            Ok(n) => data = &data[n..],
-            Err(Errno::EINTR) | Err(Errno::EAGAIN) => continue,
-            Err(_) => return,
-        }
     }
 }
 
