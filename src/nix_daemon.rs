@@ -95,10 +95,10 @@ pub fn ask(socket: &Path) -> Result<Answer> {
 
 /// The client side of the worker protocol's greeting, up to the trust flag.
 fn greet(s: &mut UnixStream) -> Result<Answer> {
-    write_u64(s, WORKER_MAGIC_1)?;
-    let magic = match read_u64(s) {
+    // A daemon that refuses the user (`allowed-users`) hangs up before greeting, which
+    // the client sees on its first write or its first read, whichever comes later.
+    let magic = match write_u64(s, WORKER_MAGIC_1).and_then(|()| read_u64(s)) {
         Ok(m) => m,
-        // A daemon that refuses the user (`allowed-users`) hangs up before greeting.
         Err(e) if is_hang_up(&e) => {
             return Ok(Answer::Unusable("the daemon closed the connection".into()));
         }
