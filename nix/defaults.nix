@@ -98,10 +98,18 @@ in
   ];
 
   # Workspace paths that make the host run code later: read-only inside when
-  # they exist, reported (or quarantined) when the session creates them.
+  # they exist, reported (or quarantined) when the session creates or changes
+  # them. `.git/commondir` would point git at another directory's config and
+  # hooks; submodules and linked worktrees keep theirs under `.git/modules` and
+  # `.git/worktrees`.
   protectedPaths = [
     ".git/config"
+    ".git/config.worktree"
+    ".git/commondir"
     ".git/hooks"
+    ".git/info"
+    ".git/modules"
+    ".git/worktrees"
     ".gitmodules"
     ".claude/settings.json"
     ".claude/settings.local.json"

@@ -280,7 +280,7 @@ fn run(args: &EnterArgs, c: &Checked, session: &mut Session, timings: &mut Timin
             protected: protection
                 .binds
                 .iter()
-                .map(|(rel, fd, is_dir)| (rel.clone(), fd.as_raw_fd(), *is_dir))
+                .map(|b| (b.rel.clone(), b.tree.as_raw_fd(), b.is_dir, b.writable))
                 .collect(),
             probe_binary: args.probe_binary.clone(),
         },
@@ -342,35 +342,58 @@ fn run(args: &EnterArgs, c: &Checked, session: &mut Session, timings: &mut Timin
         session.info.helpers.push(helper);
         session.save()?;
     }
-    running.go()?;
-    timings.mark("exec");
-    let status = running.wait();
+    // From the go-ahead on the agent may write to the workspace: whatever fails now, the
+    // protected paths are reviewed once the sandbox has gone.
+    let status = match running.go() {
+        Ok(()) => {
+            timings.mark("exec");
+            running.wait()
+        }
+        Err(e) => {
+            drop(running);
+            Err(e)
+        }
+    };
     timings.mark("session");
-
-    // Report what the filter blocked, on stderr and in the session log.
     let blocked = net.finish();
     let ended = SystemTime::now();
-    let status = status?;
-    let blocked = blocked.context("read the blocked-destination counters")?;
-    eprint!("{}", network::report(&blocked));
+
+    // Review the protected paths first, so that no later failure can skip it; move what
+    // the session created or changed there away when quarantine is on.
+    let mut changes = protection.review(&c.identity, c.workspace.fd.as_fd());
+    if c.config.workspace.quarantine && changes.iter().any(protect::Change::to_quarantine) {
+        match quarantine_dir(&c.config.state_dir, &session.id, &c.identity) {
+            Ok(dir) => {
+                protection.quarantine(&c.identity, c.workspace.fd.as_fd(), &mut changes, &dir)
+            }
+            Err(e) => protect::left_in_place(&mut changes, &format!("{e:#}")),
+        }
+    }
+
+    // Report what the filter blocked and what needs review, on stderr, then in the session
+    // log as far as it can be written: a full disk must not hide the report.
+    if let Ok(blocked) = &blocked {
+        eprint!("{}", network::report(blocked));
+    }
+    eprint!("{}", protect::report(&changes));
     let log = c
         .config
         .state_dir
         .join("logs")
         .join(format!("{}.jsonl", session.id));
-    network::write_log(&log, started, ended, &c.workspace.path, c.mode, &blocked)?;
-
-    // Report protected paths the session created or changed (and move new ones away).
-    let mut changes = protection.review(&c.identity, c.workspace.fd.as_fd())?;
-    if c.config.workspace.quarantine && changes.iter().any(|ch| ch.change == "created") {
-        let dir = quarantine_dir(&c.config.state_dir, &session.id, &c.identity)?;
-        protection.quarantine(&c.identity, c.workspace.fd.as_fd(), &mut changes, &dir)?;
+    let no_counters = Vec::new();
+    let counted = blocked.as_ref().unwrap_or(&no_counters);
+    if let Err(e) = network::write_log(&log, started, ended, &c.workspace.path, c.mode, counted) {
+        eprintln!("claude-chroot: warning: {e:#}");
     }
-    eprint!("{}", protect::report(&changes));
-    if !changes.is_empty() {
-        append_json_line(&log, &serde_json::json!({ "review": changes }))?;
+    if !changes.is_empty()
+        && let Err(e) = append_json_line(&log, &serde_json::json!({ "review": changes }))
+    {
+        eprintln!("claude-chroot: warning: {e:#}");
     }
     timings.mark("report");
+    let status = status?;
+    blocked.context("read the blocked-destination counters")?;
     Ok(status)
 }
 

@@ -86,9 +86,10 @@ pub struct SessionMounts {
     pub group: PathBuf,
     pub hosts: PathBuf,
     pub managed_settings: PathBuf,
-    /// Workspace-relative paths to make read-only: detached trees and whether each is
-    /// a directory.
-    pub protected: Vec<(PathBuf, RawFd, bool)>,
+    /// Workspace-relative paths bound onto themselves, in order: detached trees, whether
+    /// each is a directory, and whether it stays writable (read-only for protected paths;
+    /// writable for their parents, made mount points only so that they cannot be renamed).
+    pub protected: Vec<(PathBuf, RawFd, bool, bool)>,
     /// The activator itself, bound read-only at [`crate::probe::INSIDE_PATH`] for `selftest`.
     pub probe_binary: Option<PathBuf>,
 }
@@ -213,7 +214,7 @@ pub fn plan(config: &Config, s: &SessionMounts) -> Vec<Step> {
         writable: true,
         optional: false,
     });
-    for (rel, fd, is_dir) in &s.protected {
+    for (rel, fd, is_dir, writable) in &s.protected {
         steps.push(Step::WorkspaceBind {
             source: Source::Fd {
                 name: format!("workspace/{}", rel.display()),
@@ -221,7 +222,7 @@ pub fn plan(config: &Config, s: &SessionMounts) -> Vec<Step> {
                 is_dir: *is_dir,
             },
             relative: rel.clone(),
-            writable: false,
+            writable: *writable,
         });
     }
     steps
@@ -688,7 +689,7 @@ mod tests {
                 group: session.join("group"),
                 hosts: session.join("hosts"),
                 managed_settings: session.join("managed-settings.json"),
-                protected: vec![(".git/config".into(), 12, false)],
+                protected: vec![(".git/config".into(), 12, false, false)],
                 probe_binary: None,
             },
         );
@@ -706,7 +707,7 @@ mod tests {
                 group: "/g".into(),
                 hosts: "/h".into(),
                 managed_settings: "/m".into(),
-                protected: vec![(".git/config".into(), 12, false)],
+                protected: vec![(".git/config".into(), 12, false, false)],
                 probe_binary: Some("/a".into()),
             },
         );
