@@ -26,6 +26,8 @@
     in
     {
       lib.mkSandbox = pkgs: import ./nix/sandbox.nix { inherit pkgs; };
+      # The default lists, to extend: `protectedPaths = defaults.protectedPaths ++ [ ... ]`.
+      lib.defaults = import ./nix/defaults.nix;
 
       overlays.default = final: _prev: {
         claude-chroot-activate = final.callPackage ./nix/package.nix { };

@@ -90,7 +90,9 @@ in
       description = ''
         Domains `claude-chroot sync-ips` resolves into the allowlist. The
         sandbox reaches only the addresses a reviewed run of `sync-ips` wrote,
-        on {option}`programs.claude-chroot.allowedPorts`.
+        on {option}`programs.claude-chroot.allowedPorts`. Setting the option
+        replaces the default list; `lib.mkOptionDefault [ "registry.npmjs.org" ]`
+        extends it.
       '';
     };
 
@@ -172,8 +174,10 @@ in
       example = lib.literalExpression ''[ ".git/config" ".git/hooks" ".envrc" "Makefile" ]'';
       description = ''
         Workspace-relative paths that make the host run code later. Those that
-        exist are read-only inside; those a session creates are reported at
-        exit (or quarantined).
+        exist are read-only inside; what a session creates or changes at the
+        others is reported at exit (or quarantined). Setting the option
+        replaces the default list; `lib.mkOptionDefault [ "Makefile" ]`
+        extends it.
       '';
     };
 
@@ -181,7 +185,7 @@ in
       type = lib.types.bool;
       default = false;
       example = true;
-      description = "Move protected paths created during a session to `stateDir/quarantine/` instead of leaving them in the workspace.";
+      description = "Move protected paths created or changed during a session to `stateDir/quarantine/` instead of leaving them in the workspace.";
     };
 
     pidsLimit = lib.mkOption {

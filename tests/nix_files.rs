@@ -346,6 +346,7 @@ fn nixos_module_evaluates_with_nixpkgs_lib() {
     let result: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(result["default"]["failedAssertions"], serde_json::json!([]));
     assert_eq!(result["impossible"].as_array().unwrap().len(), 4);
+    assert_eq!(result["extended"], "extended");
     // What the module writes is also what the activator accepts, but for store paths.
     for case in ["default", "full"] {
         let activate = result[case]["activate"].to_string();

@@ -356,6 +356,15 @@ let
     boot.kernel.sysctl."dev.tty.legacy_tiocsti" = 1;
   };
 
+  # The default lists extended rather than replaced.
+  extendedConfig = evaluate {
+    programs.claude-chroot = {
+      enable = true;
+      allowedDomains = lib.mkOptionDefault [ "registry.npmjs.org" ];
+      protectedPaths = lib.mkOptionDefault [ "Makefile" ];
+    };
+  };
+
   disabledConfig = evaluate { };
 
   default = summary defaultConfig;
@@ -430,6 +439,19 @@ in
       && lib.hasInfix "alice may start" (lib.head warnings)
       && !lib.hasInfix "bob" (lib.head warnings)
     ) warnings;
+
+  extended =
+    let
+      activate = (summary extendedConfig).activate;
+      defaults = import ../../nix/defaults.nix;
+    in
+    expect "mkOptionDefault adds to the default domains" (
+      activate.network.domains == defaults.domains ++ [ "registry.npmjs.org" ]
+    ) (
+      expect "mkOptionDefault adds to the default protected paths" (
+        activate.workspace.protectedPaths == defaults.protectedPaths ++ [ "Makefile" ]
+      ) "extended"
+    );
 
   disabled = expect "nothing when disabled" (
     disabledConfig.environment.systemPackages == [ ]
