@@ -25,6 +25,7 @@ pub mod seccomp;
 pub mod selftest;
 pub mod session;
 pub mod settings;
+pub mod snapshot;
 pub mod special;
 pub mod sync_ips;
 pub mod terminal;
