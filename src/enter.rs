@@ -34,6 +34,8 @@ struct Timings {
     start: Instant,
     last: Instant,
     phases: Vec<(&'static str, f64)>,
+    /// Steps that ran side by side within a phase: the phase, then each step's time.
+    overlapped: Vec<(&'static str, Vec<(&'static str, f64)>)>,
 }
 
 impl Timings {
@@ -43,6 +45,7 @@ impl Timings {
             start: now,
             last: now,
             phases: Vec::new(),
+            overlapped: Vec::new(),
         }
     }
     fn mark(&mut self, phase: &'static str) {
@@ -51,17 +54,35 @@ impl Timings {
             .push((phase, (now - self.last).as_secs_f64() * 1000.0));
         self.last = now;
     }
+    /// Record the times of steps that ran side by side within `phase`.
+    fn overlap(&mut self, phase: &'static str, steps: Vec<(&'static str, f64)>) {
+        if !steps.is_empty() {
+            self.overlapped.push((phase, steps));
+        }
+    }
+
     fn line(&self) -> String {
-        let parts: Vec<String> = self
-            .phases
-            .iter()
-            .map(|(p, ms)| format!("{p} {ms:.1}ms"))
-            .collect();
-        format!(
+        let list = |steps: &[(&'static str, f64)]| {
+            let parts: Vec<String> = steps
+                .iter()
+                .map(|(p, ms)| format!("{p} {ms:.1}ms"))
+                .collect();
+            parts.join(", ")
+        };
+        let mut line = format!(
             "timing: {} (total {:.1}ms)",
-            parts.join(", "),
+            list(&self.phases),
             (self.last - self.start).as_secs_f64() * 1000.0
-        )
+        );
+        if !self.overlapped.is_empty() {
+            let within: Vec<String> = self
+                .overlapped
+                .iter()
+                .map(|(phase, steps)| format!("{phase}: {}", list(steps)))
+                .collect();
+            line.push_str(&format!("; side by side within {}", within.join("; ")));
+        }
+        line
     }
 }
 
@@ -335,6 +356,7 @@ fn run(args: &EnterArgs, c: &Checked, session: &mut Session, timings: &mut Timin
     }
     let net = net?;
     timings.mark("mounts");
+    timings.overlap("network", net.overlapped.clone());
     if let Some(helper) = net
         .pasta_pid()
         .and_then(|pid| session::Helper::of(pid as u32))
@@ -355,7 +377,8 @@ fn run(args: &EnterArgs, c: &Checked, session: &mut Session, timings: &mut Timin
         }
     };
     timings.mark("session");
-    let blocked = net.finish();
+    let mut overlapped = Vec::new();
+    let blocked = net.finish(&mut overlapped);
     let ended = SystemTime::now();
 
     // Review the protected paths first, so that no later failure can skip it; move what
@@ -392,6 +415,7 @@ fn run(args: &EnterArgs, c: &Checked, session: &mut Session, timings: &mut Timin
         eprintln!("claude-chroot: warning: {e:#}");
     }
     timings.mark("report");
+    timings.overlap("report", overlapped);
     let status = status?;
     blocked.context("read the blocked-destination counters")?;
     Ok(status)

@@ -9,7 +9,7 @@ use std::fs::File;
 use std::io::Write as _;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use anyhow::{Context, Result};
 use nix::unistd::Pid;
@@ -29,6 +29,9 @@ pub struct NetworkSession {
     /// The sandbox's network namespace, held open for the counters.
     netns: Option<File>,
     pasta: Option<Pasta>,
+    /// How long each of the steps that run side by side took, in milliseconds, for `-v`:
+    /// the ruleset's load and pasta's start at setup, the counters and pasta's exit at the end.
+    pub overlapped: Vec<(&'static str, f64)>,
 }
 
 /// Set up the network of the sandbox child `child_pid` for `mode`, loading the allowlist
@@ -72,6 +75,7 @@ pub fn setup_with_allowlist(
         nft: config.tools.nft.clone(),
         netns: Some(netns),
         pasta: None,
+        overlapped: Vec::new(),
     };
     match mode {
         NetworkMode::None => {
@@ -92,12 +96,21 @@ pub fn setup_with_allowlist(
             }
             let ruleset = firewall::ruleset(allowlist, &tcp_ports, &net.udp_ports);
             let fd = session.netns.as_ref().expect("namespace held").as_fd();
+            let begun = Instant::now();
             let loading = firewall::start_apply(&config.tools.nft, fd, &ruleset)?;
-            let pasta = pasta::start(&config.tools.pasta, &ns_path, verbose);
-            loading
-                .wait()
-                .context("cannot load the sandbox's firewall")?;
+            // Wait for nft on a thread of its own, so that its time and pasta's are each
+            // measured; pasta is started on this thread, whose exit it must not outlive.
+            let (loaded, pasta, pasta_ms) = std::thread::scope(|s| {
+                let waiter = s.spawn(move || (loading.wait(), millis(begun)));
+                let pasta = pasta::start(&config.tools.pasta, &ns_path, verbose);
+                let pasta_ms = millis(begun);
+                (waiter.join(), pasta, pasta_ms)
+            });
+            let (loaded, ruleset_ms) =
+                loaded.map_err(|_| anyhow::anyhow!("the thread waiting for nft panicked"))?;
+            loaded.context("cannot load the sandbox's firewall")?;
             session.pasta = Some(pasta?);
+            session.overlapped = vec![("ruleset", ruleset_ms), ("pasta ready", pasta_ms)];
             if verbose {
                 eprintln!(
                     "claude-chroot: firewall loaded: {} names, {} IPv4 and {} IPv6 addresses, \
@@ -115,7 +128,9 @@ pub fn setup_with_allowlist(
                 "claude-chroot: WARNING: full network: the sandbox can reach ANY address and \
                  port (the allowlist is not enforced); use this only for debugging"
             );
+            let begun = Instant::now();
             session.pasta = Some(pasta::start(&config.tools.pasta, &ns_path, verbose)?);
+            session.overlapped = vec![("pasta ready", millis(begun))];
         }
     }
     Ok(session)
@@ -133,19 +148,30 @@ impl NetworkSession {
 
     /// Read the blocked destinations (allowlist mode; empty otherwise), stop pasta and release
     /// the namespace. pasta is stopped even when reading the counters fails.
-    pub fn finish(mut self) -> Result<Vec<Blocked>> {
+    ///
+    /// `overlapped` gets how long the counters and pasta's exit took, side by side.
+    pub fn finish(mut self, overlapped: &mut Vec<(&'static str, f64)>) -> Result<Vec<Blocked>> {
         // Let pasta wind down while the counters are read: the namespace is held open by
         // our own descriptor, so the counters outlive both the sandbox and pasta.
+        let begun = Instant::now();
         let terminated = match &self.pasta {
             Some(p) => p.terminate(),
             None => Ok(()),
         };
         let blocked = match (&self.netns, self.mode) {
-            (Some(ns), NetworkMode::Allowlist) => firewall::blocked(&self.nft, ns.as_fd()),
+            (Some(ns), NetworkMode::Allowlist) => {
+                let blocked = firewall::blocked(&self.nft, ns.as_fd());
+                overlapped.push(("counters", millis(begun)));
+                blocked
+            }
             _ => Ok(Vec::new()),
         };
         let stopped = match self.pasta.take() {
-            Some(p) => p.stop(),
+            Some(p) => {
+                let stopped = p.stop();
+                overlapped.push(("pasta gone", millis(begun)));
+                stopped
+            }
             None => Ok(()),
         };
         self.netns = None;
@@ -153,6 +179,10 @@ impl NetworkSession {
         stopped?;
         blocked
     }
+}
+
+fn millis(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1000.0
 }
 
 /// The session report for stderr: one line per blocked destination, or an empty string when

@@ -306,7 +306,7 @@ fn network_session_filters_reports_blocked_destinations_and_cleans_up() {
         // The sandbox's last process exits before the report is read.
         let _ = child.0.kill();
         let _ = child.0.wait();
-        (session.finish().unwrap(), pasta_pid)
+        (session.finish(&mut Vec::new()).unwrap(), pasta_pid)
     });
     assert!(
         counted(&blocked, BLOCKED4, "tcp", Some(443)),

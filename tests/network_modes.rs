@@ -276,6 +276,61 @@ fn no_network_reaches_nothing_and_fails_at_once() {
     assert_reaches(&lab.host, "udp", BLOCKED6, 443);
 }
 
+/// The milliseconds `name` took in a `timing:` line, in its phases or side by side.
+fn timed(line: &str, name: &str) -> f64 {
+    let at = line
+        .find(&format!(" {name} "))
+        .unwrap_or_else(|| panic!("no {name} in {line}"));
+    let rest = &line[at + name.len() + 2..];
+    rest[..rest.find("ms").unwrap()].parse().unwrap()
+}
+
+#[test]
+fn verbose_timing_splits_the_network_steps_that_run_side_by_side() {
+    let lab = Netlab::new("timing", &[]);
+    let f = fixture();
+    let out = enter(&lab, &f, &["-v"], "true");
+    let stderr = common::stderr(&out);
+    assert!(out.status.success(), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("claude-chroot: timing: "))
+        .unwrap_or_else(|| panic!("no timing line in:\n{stderr}"));
+    assert!(
+        line.contains("; side by side within network: ruleset ")
+            && line.contains(", pasta ready ")
+            && line.contains("; report: counters ")
+            && line.contains(", pasta gone "),
+        "{line}"
+    );
+    // Each step ran within its phase, so none took longer than the phase.
+    for (phase, steps) in [
+        ("network", ["ruleset", "pasta ready"]),
+        ("report", ["counters", "pasta gone"]),
+    ] {
+        let whole = timed(line, phase);
+        for step in steps {
+            let part = timed(line, step);
+            assert!(
+                part > 0.0 && part <= whole,
+                "{step} {part} in {phase} {whole}: {line}"
+            );
+        }
+    }
+
+    // Without the filter there is no ruleset and no counters, only pasta.
+    let out = enter(&lab, &f, &["-v", "--full-network"], "true");
+    let stderr = common::stderr(&out);
+    let line = stderr.lines().find(|l| l.contains("timing: ")).unwrap();
+    assert!(
+        line.contains("side by side within network: pasta ready ")
+            && line.contains("; report: pasta gone ")
+            && !line.contains("ruleset")
+            && !line.contains("counters"),
+        "{line}"
+    );
+}
+
 /// Run a session in `flags`' mode, and check that its namespace and pasta (if `with_pasta`)
 /// are gone once it ends.
 fn assert_network_removed_after_session(tag: &str, flags: &[&str], with_pasta: bool) {
