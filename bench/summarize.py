@@ -56,7 +56,9 @@ emit("")
 
 # --- 2. Phases ------------------------------------------------------------------------------
 TIMING = re.compile(r"timing: (.*) \(total ([0-9.]+)ms\)")
+SIDE = re.compile(r"; side by side within (.*)$")
 phases = {}
+side = {}
 for mode in ("none", "allowlist", "full"):
     per_phase = {}
     order = []
@@ -72,6 +74,14 @@ for mode in ("none", "allowlist", "full"):
                     per_phase[name] = []
                 per_phase[name].append(float(value.removesuffix("ms")))
             per_phase.setdefault("total", []).append(float(m.group(2)))
+            sm = SIDE.search(line.rstrip())
+            for group in sm.group(1).split("; ") if sm else []:
+                phase, steps = group.split(": ", 1)
+                for part in steps.split(", "):
+                    name, value = part.rsplit(" ", 1)
+                    side.setdefault((phase, name), {}).setdefault(mode, []).append(
+                        float(value.removesuffix("ms"))
+                    )
     order.append("total")
     phases[mode] = (order, per_phase)
 
@@ -95,6 +105,20 @@ emit(
     "`report` reads the blocked-destination counters and stops pasta; `teardown` removes "
     "the session state. The total excludes the activator's own exec and exit.\n"
 )
+
+
+if side:
+    emit("Steps that run side by side within a phase, each timed from the phase's start "
+         "(median ms):\n")
+    emit("| phase | step | none | allowlist | full |")
+    emit("|---|---|---:|---:|---:|")
+    for (phase, name), per_mode in side.items():
+        row = [
+            fmt(statistics.median(per_mode[m]), 2) if m in per_mode else "-"
+            for m in ("none", "allowlist", "full")
+        ]
+        emit(f"| {phase} | {name} | " + " | ".join(row) + " |")
+    emit("")
 
 
 def after_exit(mode):
