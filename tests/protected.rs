@@ -143,17 +143,140 @@ fn quarantine_moves_new_protected_paths_away_and_says_where() {
     assert!(ws.join("notes.txt").exists(), "other files stay");
 }
 
+/// Every entry under `dir` with what a change to it would alter: type and mode, owner,
+/// size, inode, and the modification and change times (the kernel sets the change time on
+/// any write, chmod, chown, link or unlink, so a touch that restored the rest still shows).
+fn metadata_tree(dir: &Path) -> std::collections::BTreeMap<String, [i64; 8]> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let md = std::fs::symlink_metadata(&p).unwrap();
+            if md.is_dir() {
+                stack.push(p.clone());
+            }
+            let rel = p.strip_prefix(dir).unwrap().display().to_string();
+            out.insert(
+                rel,
+                [
+                    i64::from(md.mode()),
+                    i64::from(md.uid()),
+                    i64::from(md.gid()),
+                    md.size() as i64,
+                    md.ino() as i64,
+                    md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+                    md.ctime() * 1_000_000_000 + md.ctime_nsec(),
+                    md.nlink() as i64,
+                ],
+            );
+        }
+    }
+    out
+}
+
 #[test]
 fn the_protection_leaves_no_trace_in_the_workspace() {
     let f = Fixture::new();
     let a = ALICE.ensure();
     let ws = project(&f, a);
-    // Some protected paths exist (mounted over), others do not (watched).
+    // Some protected paths exist (mounted over, their parents pinned), others do not
+    // (watched).
     let before = tree(&ws);
+    let before_metadata = metadata_tree(&ws);
     ok(&f.run(a, &ws, "echo new > /workspace/agent-wrote-this"));
     let mut after = tree(&ws);
     assert_eq!(after.remove("agent-wrote-this"), Some(b"new\n".to_vec()));
     assert_eq!(before, after);
+    let mut after_metadata = metadata_tree(&ws);
+    after_metadata.remove("agent-wrote-this");
+    assert_eq!(before_metadata, after_metadata);
+}
+
+/// Unmounts (lazily) what a test mounted on the host when dropped.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_mount_inside_a_protected_directory_is_read_only_too() {
+    let f = Fixture::new();
+    let a = ALICE.ensure();
+    let ws = f.workspace("ws", a);
+    host_as(
+        a,
+        &ws,
+        "mkdir -p .vscode/cache && echo '{}' > .vscode/tasks.json",
+    );
+    let cache = ws.join(".vscode/cache");
+    let opts = format!("uid={},gid={},mode=0755", a.uid, a.gid());
+    let status = Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            &opts,
+            "ccr-test",
+            cache.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success(), "mount a tmpfs on {}", cache.display());
+    let _unmount = Mounted(cache.clone());
+    host_as(a, &cache, "echo 'make' > build.sh");
+    let out = ok(&f.run(
+        a,
+        &ws,
+        "cd /workspace/.vscode/cache; (echo x >> build.sh) 2>/dev/null && echo SUBMOUNT-CHANGED; \
+         (echo x > new.sh) 2>/dev/null && echo SUBMOUNT-ADDED; cat build.sh; \
+         echo ok > /workspace/elsewhere && echo rest-writable",
+    ));
+    assert_eq!(out, "make\nrest-writable\n");
+    assert_eq!(
+        std::fs::read_to_string(cache.join("build.sh")).unwrap(),
+        "make\n"
+    );
+    assert!(!cache.join("new.sh").exists());
+}
+
+#[test]
+fn a_git_dir_outside_the_workspace_is_named_at_start_and_the_git_file_is_protected() {
+    let f = Fixture::new();
+    let a = ALICE.ensure();
+    let ws = f.workspace("ws", a);
+    let outside = f.workspace("elsewhere", a);
+    host_as(
+        a,
+        &outside,
+        "git init -q --separate-git-dir=repo.git -b main tree && mv tree/.git gitfile",
+    );
+    std::fs::copy(outside.join("gitfile"), ws.join(".git")).unwrap();
+    std::os::unix::fs::chown(ws.join(".git"), Some(a.uid), Some(a.gid())).unwrap();
+    let out = f.run(
+        a,
+        &ws,
+        "(echo 'gitdir: /workspace/evil.git' > /workspace/.git) 2>/dev/null && echo CHANGED; \
+         echo done",
+    );
+    assert_eq!(ok(&out), "done\n");
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            ".git points to {}, outside the workspace: git inside the sandbox will not find \
+             the repository",
+            outside.join("repo.git").display()
+        )),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.join(".git")).unwrap(),
+        format!("gitdir: {}\n", outside.join("repo.git").display())
+    );
 }
 
 #[test]
