@@ -164,7 +164,11 @@ in
         type = lib.types.nullOr lib.types.ints.unsigned;
         default = null;
         example = 100;
-        description = "Gid the agent runs as; `null` means the invoking user's.";
+        description = ''
+          Gid the agent runs as. `null` (recommended): the primary group of
+          whoever starts `claude-chroot`. A number is refused for an invoking
+          user whose primary group differs.
+        '';
       };
     };
 

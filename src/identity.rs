@@ -33,7 +33,8 @@ impl Identity {
     /// Work out the identity from sudo's variables and the configured user.
     ///
     /// Through sudo the agent runs as the invoking user, so nobody gains another user's
-    /// access to a workspace of their choosing; a configured uid that differs is refused.
+    /// access to a workspace of their choosing; a configured uid or gid that differs is
+    /// refused.
     /// Root starting the activator directly gets the configured ids (1000 by default).
     pub fn resolve(user: &config::User) -> Result<Identity> {
         let sudo_uid = env_id("SUDO_UID")?;
@@ -49,11 +50,20 @@ impl Identity {
                          or set user.uid to null so the sandbox runs as whoever invokes it"
                     );
                 }
-                let gid = match (user.gid, sudo_gid) {
-                    (Some(g), _) => g,
-                    (None, Some(g)) => g,
-                    (None, None) => bail!("SUDO_UID is set but SUDO_GID is not"),
+                let Some(gid) = sudo_gid else {
+                    bail!("SUDO_UID is set but SUDO_GID is not");
                 };
+                // The group too: a configured gid would hand the agent, and the host-side
+                // work done as the user, a group the invoker may not be in.
+                if let Some(configured) = user.gid
+                    && configured != gid
+                {
+                    bail!(
+                        "the sandbox is configured for gid {configured} but your group is gid \
+                         {gid}: ask an administrator for a configuration with your gid, or set \
+                         user.gid to null so the sandbox runs with the invoker's group"
+                    );
+                }
                 (invoker, gid, true)
             }
             None => (

@@ -273,6 +273,38 @@ fn a_configured_uid_other_than_the_invokers_is_refused() {
 }
 
 #[test]
+fn a_configured_gid_other_than_the_invokers_is_refused() {
+    let a = ALICE.ensure();
+    let b = BOB.ensure();
+    assert_ne!(a.gid(), b.gid());
+    // Alice's uid with Bob's group: through sudo Alice must not get it.
+    let f = Fixture::with(Options {
+        user: Some(format!("{{ uid = null; gid = {}; }}", b.gid())),
+        ..Options::default()
+    });
+    let ws = f.workspace("ws", a);
+    let out = f.run(a, &ws, "echo RAN");
+    assert_eq!(out.status.code(), Some(125));
+    assert!(!stdout(&out).contains("RAN"));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "configured for gid {} but your group is gid {}",
+            b.gid(),
+            a.gid()
+        )),
+        "{err}"
+    );
+    assert!(!f.state.exists(), "a refused start must not create state");
+    // Bob, whose group it is, may start it, and runs with it.
+    let ws = f.workspace("ws-b", b);
+    assert_eq!(
+        ok(&f.run(b, &ws, "id -u; id -g")),
+        format!("{}\n{}\n", b.uid, b.gid())
+    );
+}
+
+#[test]
 fn without_a_configured_uid_the_agent_runs_as_the_invoker_and_root_gets_1000() {
     let f = Fixture::new();
     let b = BOB.ensure();
