@@ -36,6 +36,14 @@ let
         };
       };
 
+  # A sysctl value as boot.kernel.sysctl writes it: booleans as 1 and 0.
+  sysctlValue =
+    name: unset:
+    let
+      value = config.boot.kernel.sysctl.${name} or unset;
+    in
+    if lib.isBool value then (if value then "1" else "0") else toString value;
+
   # What members of allowedGroup may run as root: the script that fixes the
   # configuration, never the activator itself.
   privileged = lib.getExe sandbox.privileged;
@@ -284,14 +292,18 @@ in
         message = "programs.claude-chroot.stateDir must be an absolute path other than /.";
       }
       {
-        assertion =
-          cfg.hardenTerminal -> toString (config.boot.kernel.sysctl."dev.tty.legacy_tiocsti" or 0) == "0";
+        assertion = cfg.hardenTerminal -> sysctlValue "dev.tty.legacy_tiocsti" 0 == "0";
         message = "programs.claude-chroot.hardenTerminal is on, but boot.kernel.sysctl.\"dev.tty.legacy_tiocsti\" is set to another value elsewhere: remove that definition or turn hardenTerminal off.";
       }
       {
-        assertion =
-          cfg.logBlocked -> toString (config.boot.kernel.sysctl."net.netfilter.nf_log_all_netns" or 1) == "1";
+        assertion = cfg.logBlocked -> sysctlValue "net.netfilter.nf_log_all_netns" 1 == "1";
         message = "programs.claude-chroot.logBlocked is on, but boot.kernel.sysctl.\"net.netfilter.nf_log_all_netns\" is set to another value elsewhere: remove that definition or turn logBlocked off.";
+      }
+      {
+        assertion =
+          cfg.allowedGroup != null
+          -> config.security.sudo.enable && !config.security.sudo.execWheelOnly;
+        message = "programs.claude-chroot.allowedGroup gives its members the command through sudo's rules, which need security.sudo.enable and no security.sudo.execWheelOnly (with it, only wheel may run sudo at all); without sudo, set allowedGroup to null and start claude-chroot as root.";
       }
       {
         assertion = cfg.allowedGroup == null || config.users.groups ? ${cfg.allowedGroup};

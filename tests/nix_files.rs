@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -347,6 +348,7 @@ fn nixos_module_evaluates_with_nixpkgs_lib() {
     assert_eq!(result["default"]["failedAssertions"], serde_json::json!([]));
     assert_eq!(result["impossible"].as_array().unwrap().len(), 4);
     assert_eq!(result["extended"], "extended");
+    assert_eq!(result["sudo"].as_array().unwrap().len(), 2);
     // What the module writes is also what the activator accepts, but for store paths.
     for case in ["default", "full"] {
         let activate = result[case]["activate"].to_string();
@@ -423,4 +425,90 @@ fn default_package_config_differs_from_the_tested_one_only_in_paths() {
     );
     assert_eq!(default["stateDir"], "/srv/claude-chroot");
     assert_eq!(default["environment"]["set"]["NIX_REMOTE"], "daemon");
+}
+
+/// The `checkFlags` of nix/package.nix, evaluated with a stand-in for nixpkgs' `lib` and
+/// `rustPlatform` that only hands the builder's arguments back.
+fn package_check_flags() -> Vec<String> {
+    let expr = format!(
+        r#"(import {} {{
+          lib = {{
+            importTOML = p: builtins.fromTOML (builtins.readFile p);
+            fileset = {{ toSource = x: x; unions = x: x; }};
+            licenses.mit = "mit";
+            platforms.linux = [ ];
+          }};
+          rustPlatform.buildRustPackage = args: args;
+        }}).checkFlags"#,
+        repo().join("nix/package.nix").display()
+    );
+    let out = nix_instantiate(&["--eval", "--strict", "--json", "--expr", &expr]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The newest unit-test binary of the library that cargo built for this run.
+fn library_test_binary() -> PathBuf {
+    let deps = Path::new(env!("CARGO_BIN_EXE_claude-chroot-activate"))
+        .parent()
+        .unwrap()
+        .join("deps");
+    std::fs::read_dir(&deps)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            name.starts_with("claude_chroot-") && !name.contains('.')
+        })
+        .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & 0o111 != 0))
+        .max_by_key(|p| std::fs::metadata(p).unwrap().modified().unwrap())
+        .expect("the library's unit tests are built (cargo test --all-targets)")
+}
+
+/// The package build runs the library's unit tests as an unprivileged build user, with
+/// the package's `checkFlags`: they must pass there, or `nix build` fails. Run them the
+/// same way here, as nobody, from a copy nobody can read.
+#[test]
+fn unit_tests_pass_unprivileged_as_in_the_package_build() {
+    let flags = package_check_flags();
+    assert!(!flags.is_empty(), "nix/package.nix skips nothing");
+    let dir = tempfile::tempdir().unwrap();
+    let binary = dir.path().join("unit-tests");
+    std::fs::copy(library_test_binary(), &binary).unwrap();
+    for p in [dir.path(), binary.as_path()] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&binary)
+        .args(&flags)
+        .env_clear()
+        .env("HOME", dir.path())
+        .env("PATH", "/usr/bin:/bin")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "unit tests fail for an unprivileged user with {flags:?}:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Only what the flags name was skipped: every other unit test ran.
+    let listed = Command::new(&binary)
+        .args(["--list", "--format=terse"])
+        .output()
+        .unwrap();
+    let total = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .filter(|l| l.ends_with(": test"))
+        .count();
+    assert!(
+        stdout.contains(&format!("{} passed; 0 failed", total - flags.len())),
+        "{stdout}"
+    );
 }

@@ -63,6 +63,18 @@ in
       imports = [ ../../modules/claude-chroot.nix ];
 
       networking.nameservers = [ nodes.internet.networking.primaryIPAddress ];
+      # pasta takes its template interface from the default routes: put them on
+      # the VLAN, and let no DHCP lease on another interface add a route or a
+      # resolver.
+      networking.useDHCP = false;
+      networking.defaultGateway = {
+        address = nodes.internet.networking.primaryIPAddress;
+        interface = "eth1";
+      };
+      networking.defaultGateway6 = {
+        address = nodes.internet.networking.primaryIPv6Address;
+        interface = "eth1";
+      };
       # Reach the test servers on-link through the VLAN.
       networking.interfaces.eth1.ipv4.routes = [
         {

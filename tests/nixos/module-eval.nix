@@ -37,13 +37,18 @@ let
     runCommand =
       name: env: script:
       fakeDrv name { inherit env script; };
+    # Scripts of one name but different text get different paths, so a check
+    # that names one of them cannot pass with the other.
     writeShellApplication =
       args:
       fakeDrv args.name {
         inherit (args) text;
         passthru = args.passthru or { };
       }
-      // (args.passthru or { });
+      // (args.passthru or { })
+      // {
+        outPath = "/nix/store/${builtins.substring 0 32 (builtins.hashString "sha256" args.text)}-${args.name}";
+      };
     writeShellScript = name: text: fakeDrv name { inherit text; };
 
     claude-chroot-activate = fakeDrv "claude-chroot-activate" { };
@@ -200,6 +205,14 @@ let
         });
         default = { };
       };
+      security.sudo.enable = mkOption {
+        type = types.bool;
+        default = true;
+      };
+      security.sudo.execWheelOnly = mkOption {
+        type = types.bool;
+        default = false;
+      };
       security.sudo.extraRules = mkOption {
         type = types.listOf sudoRule;
         default = [ ];
@@ -351,6 +364,32 @@ let
     programs.claude-chroot.enable = true;
     boot.kernel.sysctl."dev.tty.legacy_tiocsti" = 0;
   };
+  # The same values written as booleans, as boot.kernel.sysctl allows.
+  boolSysctlConfig = evaluate {
+    programs.claude-chroot = {
+      enable = true;
+      logBlocked = true;
+    };
+    boot.kernel.sysctl."dev.tty.legacy_tiocsti" = false;
+    boot.kernel.sysctl."net.netfilter.nf_log_all_netns" = true;
+  };
+  # allowedGroup where sudo cannot serve it.
+  sudoOffConfig = evaluate {
+    users.groups.claude-chroot = { };
+    security.sudo.enable = false;
+    programs.claude-chroot = {
+      enable = true;
+      allowedGroup = "claude-chroot";
+    };
+  };
+  wheelOnlyConfig = evaluate {
+    users.groups.claude-chroot = { };
+    security.sudo.execWheelOnly = true;
+    programs.claude-chroot = {
+      enable = true;
+      allowedGroup = "claude-chroot";
+    };
+  };
   otherSysctlConfig = evaluate {
     programs.claude-chroot.enable = true;
     boot.kernel.sysctl."dev.tty.legacy_tiocsti" = 1;
@@ -423,7 +462,7 @@ in
 
   sysctl =
     expect "no clash with another definition of the same TIOCSTI value"
-      (failedAssertions sameSysctlConfig == [ ])
+      (failedAssertions sameSysctlConfig == [ ] && failedAssertions boolSysctlConfig == [ ])
       (
         expect "a failed assertion when another definition re-enables TIOCSTI" (
           lib.length (failedAssertions otherSysctlConfig) == 1
@@ -439,6 +478,14 @@ in
       && lib.hasInfix "alice may start" (lib.head warnings)
       && !lib.hasInfix "bob" (lib.head warnings)
     ) warnings;
+
+  sudo =
+    let
+      messages = failedAssertions sudoOffConfig ++ failedAssertions wheelOnlyConfig;
+    in
+    expect "allowedGroup refused without sudo and with execWheelOnly" (
+      lib.length messages == 2 && lib.all (lib.hasInfix "execWheelOnly") messages
+    ) messages;
 
   extended =
     let
