@@ -59,7 +59,8 @@ pub fn open_sandbox_home(state_dir: &Path, identity: &Identity) -> Result<(PathB
 ///
 /// A file is copied when the sandbox has none or an older one, so what the agent changes
 /// persists until the user changes the same file on the host. Symlinks into the Nix store
-/// are kept as symlinks; other symlinks, devices, sockets and fifos are skipped.
+/// are kept as symlinks; other symlinks, devices, sockets and fifos are skipped, and so is
+/// what the user cannot read.
 pub fn refresh(identity: &Identity, home: BorrowedFd<'_>) -> Result<RefreshReport> {
     let mut report = RefreshReport::default();
     let Some(host_home) = &identity.host_home else {
@@ -67,7 +68,11 @@ pub fn refresh(identity: &Identity, home: BorrowedFd<'_>) -> Result<RefreshRepor
     };
     let source = host_home.join(".claude");
     identity.run_as(|| {
-        let src = match open_dir(None, source.as_os_str()) {
+        // `~/.claude` itself may be a symlink (into a dotfiles checkout or a persistent
+        // volume): follow it, since this runs as the user and so reaches only what the
+        // user can read anyway. Nothing below it is followed.
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        let src = match nix::fcntl::open(source.as_path(), flags, Mode::empty()) {
             Ok(fd) => fd,
             Err(Errno::ENOENT) => return Ok(()),
             Err(e) => return Err(e).with_context(|| format!("open {}", source.display())),

@@ -3,11 +3,23 @@
 
 mod common;
 
-use std::os::unix::fs::symlink;
+use std::os::unix::fs::{PermissionsExt, symlink};
 use std::process::Stdio;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use common::*;
+
+/// Claim a test user's host home for the whole test and reset it: the tests of this file
+/// run in parallel, and a user's home is shared between the tests that use that user.
+fn claim_home(user: TestUser) -> MutexGuard<'static, ()> {
+    static HOMES: [Mutex<()>; 3] = [const { Mutex::new(()) }; 3];
+    let guard = HOMES[(user.uid - ALICE.uid) as usize]
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    reset_home(user);
+    guard
+}
 
 /// Remove `~/.claude` and the custom settings of a test user before a test sets them.
 fn reset_home(user: TestUser) {
@@ -25,7 +37,7 @@ fn shadow_line() -> String {
 #[test]
 fn claude_dir_is_copied_in_changes_persist_and_the_host_copy_is_untouched() {
     let u = ALICE.ensure();
-    reset_home(u);
+    let _home = claim_home(u);
     let f = Fixture::new();
     let ws = f.workspace("ws", u);
     write_as(
@@ -64,7 +76,7 @@ fn claude_dir_is_copied_in_changes_persist_and_the_host_copy_is_untouched() {
 #[test]
 fn symlinks_in_claude_dir_copy_and_reveal_nothing() {
     let u = BOB.ensure();
-    reset_home(u);
+    let _home = claim_home(u);
     let f = Fixture::new();
     let ws = f.workspace("ws", u);
     let dir = u.home().join(".claude");
@@ -95,7 +107,7 @@ fn symlinks_in_claude_dir_copy_and_reveal_nothing() {
 #[test]
 fn symlink_left_in_the_sandbox_home_does_not_redirect_the_next_refresh() {
     let u = ALICE.ensure();
-    reset_home(u);
+    let _home = claim_home(u);
     let f = Fixture::new();
     let ws = f.workspace("ws", u);
     write_as(u, &u.home().join(".claude/settings.json"), "{\"v\": 1}\n");
@@ -131,7 +143,7 @@ fn symlink_left_in_the_sandbox_home_does_not_redirect_the_next_refresh() {
 #[test]
 fn custom_managed_settings_win_over_the_default() {
     let u = BOB.ensure();
-    reset_home(u);
+    let _home = claim_home(u);
     let f = Fixture::new();
     let ws = f.workspace("ws", u);
     let custom = "{\"permissions\": {\"deny\": [\"Bash(custom:*)\"]}}\n";
@@ -148,7 +160,7 @@ fn custom_managed_settings_win_over_the_default() {
 #[test]
 fn malformed_custom_managed_settings_stop_enter_naming_the_file() {
     let u = ALICE.ensure();
-    reset_home(u);
+    let _home = claim_home(u);
     let f = Fixture::new();
     let ws = f.workspace("ws", u);
     let path = u.home().join(".config/claude-chroot/managed-settings.json");
@@ -167,7 +179,7 @@ fn malformed_custom_managed_settings_stop_enter_naming_the_file() {
 #[test]
 fn custom_settings_symlink_to_shadow_reveals_nothing() {
     let u = BOB.ensure();
-    reset_home(u);
+    let _home = claim_home(u);
     let f = Fixture::new();
     let ws = f.workspace("ws", u);
     let dir = u.home().join(".config/claude-chroot");
@@ -184,6 +196,7 @@ fn custom_settings_symlink_to_shadow_reveals_nothing() {
 #[test]
 fn settings_copy_is_immutable_while_the_session_runs() {
     let u = ALICE.ensure();
+    let _home = claim_home(u);
     let f = Fixture::new();
     let ws = f.workspace("ws", u);
     let mut child = f
@@ -232,7 +245,7 @@ fn settings_copy_is_immutable_while_the_session_runs() {
 #[test]
 fn a_workspace_holding_the_custom_settings_or_claude_dir_is_refused() {
     let u = CAROL.ensure();
-    reset_home(u);
+    let _home = claim_home(u);
     let f = Fixture::new();
     // A dotfiles checkout that ~/.config/claude-chroot links into, as stow makes them;
     // the settings file itself does not exist yet, so the agent could create it.
@@ -282,4 +295,71 @@ fn a_workspace_holding_the_custom_settings_or_claude_dir_is_refused() {
     let other = f.workspace("other", u);
     assert_eq!(ok(&f.run(u, &other, "echo ran")), "ran\n");
     reset_home(u);
+}
+
+#[test]
+fn the_refresh_reads_as_the_user_so_a_file_only_root_could_read_stays_out() {
+    let u = CAROL.ensure();
+    let _home = claim_home(u);
+    let f = Fixture::new();
+    let ws = f.workspace("ws", u);
+    write_as(u, &u.home().join(".claude/readable.txt"), "shared\n");
+    let locked = u.home().join(".claude/locked.txt");
+    write_as(u, &locked, "only root could read this\n");
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
+    // A link into the store stays a link; one anywhere else is not followed.
+    let store_link = "/nix/store/00000000000000000000000000000000-tool/bin/tool";
+    symlink(store_link, u.home().join(".claude/tool")).unwrap();
+    let out = ok(&f.run(
+        u,
+        &ws,
+        "cat ~/.claude/readable.txt; readlink ~/.claude/tool; \
+         ls ~/.claude/locked.txt 2>/dev/null || echo locked-absent",
+    ));
+    assert_eq!(out, format!("shared\n{store_link}\nlocked-absent\n"));
+    reset_home(u);
+}
+
+#[test]
+fn a_symlinked_claude_dir_is_followed_as_the_user() {
+    let u = CAROL.ensure();
+    let _home = claim_home(u);
+    let f = Fixture::new();
+    let ws = f.workspace("ws", u);
+    // As a dotfiles manager or an impermanence setup leaves it.
+    let real = u.home().join(".dotfiles/claude");
+    write_as(u, &real.join("settings.json"), "{\"from\": \"dotfiles\"}\n");
+    symlink(&real, u.home().join(".claude")).unwrap();
+    let out = ok(&f.run(u, &ws, "cat ~/.claude/settings.json"));
+    assert_eq!(out, "{\"from\": \"dotfiles\"}\n");
+    std::fs::remove_file(u.home().join(".claude")).unwrap();
+    std::fs::remove_dir_all(u.home().join(".dotfiles")).unwrap();
+}
+
+#[test]
+fn each_uid_has_its_own_sandbox_home() {
+    let a = ALICE.ensure();
+    let b = BOB.ensure();
+    let _homes = (claim_home(a), claim_home(b));
+    let f = Fixture::new();
+    let ws_a = f.workspace("ws-a", a);
+    let ws_b = f.workspace("ws-b", b);
+    write_as(a, &a.home().join(".claude/whose.txt"), "alice\n");
+    ok(&f.run(a, &ws_a, "echo alice-notes > ~/notes.txt"));
+    let out = ok(&f.run(
+        b,
+        &ws_b,
+        "cat ~/notes.txt ~/.claude/whose.txt 2>/dev/null; echo home=$HOME",
+    ));
+    assert_eq!(out, "home=/home/claude\n");
+    let homes = f.state.join("home");
+    assert_eq!(
+        std::fs::read_to_string(homes.join(a.uid.to_string()).join("notes.txt")).unwrap(),
+        "alice-notes\n"
+    );
+    use std::os::unix::fs::MetadataExt;
+    let mode = std::fs::metadata(homes.join(b.uid.to_string())).unwrap();
+    assert_eq!((mode.uid(), mode.mode() & 0o777), (b.uid, 0o700));
+    reset_home(a);
+    reset_home(b);
 }
