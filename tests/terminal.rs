@@ -360,3 +360,45 @@ fn output_larger_than_the_relay_buffers_reaches_the_user_whole_and_in_order() {
     let expected: String = (1..=60_000).map(|i| format!("{i}\r\n")).collect();
     assert!(out[first..end] == expected, "{} bytes", end - first);
 }
+
+/// Write `input` to the terminal, then read until `needle` shows up; what was read.
+fn type_and_wait(s: &mut Session, input: &[u8], needle: &str) -> String {
+    s.master.write_all(input).unwrap();
+    let mut out = String::new();
+    read_until(&mut s.master, &mut out, needle);
+    assert!(
+        out.contains(needle),
+        "no {needle:?} after {input:?}:\n{out}"
+    );
+    out
+}
+
+#[test]
+fn job_control_works_on_the_sandbox_terminal() {
+    let f = Fixture::new();
+    let a = ALICE.ensure();
+    let ws = f.workspace("ws", a);
+    let mut s = start(
+        &f,
+        a,
+        &ws,
+        "export PS1='prompt> '; exec bash --norc --noprofile -i",
+    );
+    let mut out = String::new();
+    read_until(&mut s.master, &mut out, "prompt> ");
+    type_and_wait(&mut s, b"sleep 30\n", "sleep 30");
+    // Ctrl-Z reaches the foreground job only once it runs: give bash time to start it.
+    std::thread::sleep(Duration::from_millis(500));
+    type_and_wait(&mut s, b"\x1a", "Stopped");
+    type_and_wait(&mut s, b"jobs -l\n", "prompt> ");
+    // Back to the foreground, then interrupted there.
+    type_and_wait(&mut s, b"fg\n", "sleep 30");
+    std::thread::sleep(Duration::from_millis(500));
+    type_and_wait(&mut s, b"\x03", "prompt> ");
+    type_and_wait(&mut s, b"echo status-$?\n", "status-130");
+    // A background job finishes on its own and is reported.
+    type_and_wait(&mut s, b"(sleep 0.2; echo bg-done) &\n", "bg-done");
+    s.master.write_all(b"exit\n").unwrap();
+    let (_, code) = finish(&mut s);
+    assert_eq!(code, 0);
+}
