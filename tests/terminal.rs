@@ -386,17 +386,17 @@ fn job_control_works_on_the_sandbox_terminal() {
     );
     let mut out = String::new();
     read_until(&mut s.master, &mut out, "prompt> ");
-    type_and_wait(&mut s, b"sleep 30\n", "sleep 30");
-    // Ctrl-Z reaches the foreground job only once it runs: give bash time to start it.
-    std::thread::sleep(Duration::from_millis(500));
+    // A job that says it runs, every 100 ms; the echo of the typed line never holds the
+    // word itself, so seeing it means the job runs, in the foreground.
+    let job = b"sh -c 'while :; do printf \"al%sve\\n\" i; sleep 0.1; done'\n";
+    type_and_wait(&mut s, job, "alive");
     type_and_wait(&mut s, b"\x1a", "Stopped");
-    type_and_wait(&mut s, b"jobs -l\n", "prompt> ");
+    type_and_wait(&mut s, b"jobs\n", "prompt> ");
     // Back to the foreground, then interrupted there.
-    type_and_wait(&mut s, b"fg\n", "sleep 30");
-    std::thread::sleep(Duration::from_millis(500));
+    type_and_wait(&mut s, b"fg\n", "alive");
     type_and_wait(&mut s, b"\x03", "prompt> ");
     type_and_wait(&mut s, b"echo status-$?\n", "status-130");
-    // A background job finishes on its own and is reported.
+    // A background job runs while the shell takes input.
     type_and_wait(&mut s, b"(sleep 0.2; echo bg-done) &\n", "bg-done");
     s.master.write_all(b"exit\n").unwrap();
     let (_, code) = finish(&mut s);
