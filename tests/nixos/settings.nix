@@ -22,7 +22,7 @@
     with subtest("the installed copy is immutable during a session and released after"):
         machine.succeed(as_alice("claude-chroot ~/project -- sleep 30 >/dev/null 2>&1 &"))
         machine.wait_until_succeeds(f"lsattr -R {STATE} 2>/dev/null | grep -q -- '-i-.*managed-settings'")
-        machine.wait_until_fails("pgrep -x sleep", timeout=60)
+        machine.wait_until_fails("pgrep -u alice -x sleep", timeout=60)
         machine.fail(f"lsattr -R {STATE} 2>/dev/null | grep -- '-i-.*managed-settings'")
 
     with subtest("a custom settings file wins over the default"):
