@@ -569,6 +569,26 @@ fn an_allowlist_with_the_documentation_addresses_is_reported() {
 }
 
 #[test]
+fn an_allowlist_open_over_ipv6_only_is_reported() {
+    // The IPv4 attempts are refused and counted as before; the IPv6 one alone is let
+    // through, and that is enough to report the probe.
+    let lab = Netlab::new("st-doc6", &[]);
+    let s = Setup::new(&allowlist("udpPorts = [ 443 ];"));
+    s.write_allowlist(&format!("{ALLOWED4} allowed.test\n2001:db8::1 doc.test\n"));
+    let run = s.run_in(&lab, &[], "");
+    run.assert_broken(&["net-tcp", "net-udp"]);
+    for id in ["net-tcp", "net-udp"] {
+        // What left the sandbox comes first; every attempt follows in parentheses.
+        let detail = run.finding(id)["detail"].as_str().unwrap().to_string();
+        let left = detail.split(" (").next().unwrap();
+        assert!(
+            left.contains("[2001:db8::1]:443") && !left.contains("192.0.2.1"),
+            "{id}: {detail}"
+        );
+    }
+}
+
+#[test]
 fn an_unfiltered_network_with_raw_sockets_lets_icmp_out() {
     let lab = Netlab::new("st-icmp", &[]);
     let s = Setup::new(&allowlist(""));
