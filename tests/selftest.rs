@@ -606,6 +606,24 @@ fn a_port_filter_that_opens_other_ports_is_reported() {
 }
 
 #[test]
+fn an_allowlist_that_lets_dns_through_to_the_nameserver_is_reported() {
+    // Only the DNS rule is weakened: the nameserver's address is allowed on UDP port 53.
+    let lab = Netlab::new(
+        "st-dns53",
+        &["--host-record=example.com,198.51.100.99".into()],
+    );
+    let s = Setup::new(&allowlist("udpPorts = [ 53 ];"));
+    s.write_allowlist(&format!("{ALLOWED4} allowed.test\n{UPSTREAM4} ns.test\n"));
+    let run = s.run_in(&lab, &[], "");
+    run.assert_broken(&["dns"]);
+    assert_eq!(
+        run.outcomes["resolve"], "held",
+        "names still come from /etc/hosts only"
+    );
+    assert!(!lab.dns_queries().is_empty(), "dnsmasq saw no query");
+}
+
+#[test]
 fn dns_to_the_configured_nameserver_is_reported_when_the_network_is_unfiltered() {
     let lab = Netlab::new(
         "st-dns",
