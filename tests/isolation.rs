@@ -299,8 +299,20 @@ fn managed_settings_inside_are_the_default_and_cannot_be_changed() {
         .collect::<Vec<_>>()
         .join("; ");
     std::fs::write(ws.join("fake.json"), "{}").unwrap();
-    let out = ok(&f.run(a, &ws, &format!("{script}; cat {s}")));
+    let out = ok(&f.run(
+        a,
+        &ws,
+        &format!("{script}; stat -c '%u:%g %A' {s}; cat {s}"),
+    ));
     assert!(!out.contains("CHANGED"), "{out}");
+    // Root's, and writable by nobody else.
+    let (owner, out) = out.split_once('\n').unwrap();
+    let (ids, mode) = owner.split_once(' ').unwrap();
+    assert_eq!(ids, "0:0", "{owner}");
+    assert!(
+        mode.len() == 10 && !mode[4..].contains('w'),
+        "group or others may write it: {owner}"
+    );
     let default = f.files["etc/claude-code/managed-settings.json"]
         .as_str()
         .unwrap();

@@ -310,9 +310,13 @@ fn without_a_configured_uid_the_agent_runs_as_the_invoker_and_root_gets_1000() {
     let b = BOB.ensure();
     let ws = f.workspace("ws", b);
     assert_eq!(
-        ok(&f.run(b, &ws, "id -u; id -g; grep ^claude: /etc/passwd")),
+        ok(&f.run(
+            b,
+            &ws,
+            "id -u; id -g; grep ^claude: /etc/passwd; grep ^claude: /etc/group"
+        )),
         format!(
-            "{0}\n{1}\nclaude:x:{0}:{1}:claude:/home/claude:/bin/bash\n",
+            "{0}\n{1}\nclaude:x:{0}:{1}:claude:/home/claude:/bin/bash\nclaude:x:{1}:\n",
             b.uid,
             b.gid()
         )
