@@ -317,7 +317,7 @@ fn managed_settings_inside_are_the_default_and_cannot_be_changed() {
         .as_str()
         .unwrap();
     assert_eq!(out, default);
-    let parsed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let parsed: serde_json::Value = serde_json::from_str(out).unwrap();
     assert!(!parsed["permissions"]["deny"].as_array().unwrap().is_empty());
 }
 
