@@ -243,26 +243,42 @@ const MOUNT_ATTR_NODEV: u64 = 0x4;
 /// Set attributes on a mount and every mount below it.
 fn set_recursive(target: &Path, attrs: u64) -> Result<()> {
     let path = std::ffi::CString::new(target.as_os_str().as_encoded_bytes())?;
+    mount_setattr(
+        libc::AT_FDCWD,
+        &path,
+        libc::AT_RECURSIVE as libc::c_uint,
+        attrs,
+    )
+    .with_context(|| format!("mount_setattr {} (recursive)", target.display()))
+}
+
+/// mount_setattr(2) setting `attrs`, with the path resolved as `dirfd` and `flags` say.
+fn mount_setattr(
+    dirfd: RawFd,
+    path: &std::ffi::CStr,
+    flags: libc::c_uint,
+    attrs: u64,
+) -> Result<()> {
     let attr = MountAttr {
         attr_set: attrs,
         attr_clr: 0,
         propagation: 0,
         userns_fd: 0,
     };
-    // SAFETY: path is a valid C string and attr a correctly sized mount_attr for the call.
+    // SAFETY: dirfd is AT_FDCWD or an open descriptor, path a valid C string, and attr a
+    // correctly sized mount_attr for the call.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_mount_setattr,
-            libc::AT_FDCWD,
+            dirfd,
             path.as_ptr(),
-            libc::AT_RECURSIVE as libc::c_uint,
+            flags,
             &attr as *const MountAttr,
             std::mem::size_of::<MountAttr>(),
         )
     };
     if rc != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("mount_setattr {} (recursive)", target.display()));
+        return Err(std::io::Error::last_os_error().into());
     }
     Ok(())
 }
@@ -298,29 +314,8 @@ pub fn detached_tree(fd: BorrowedFd<'_>, what: &str) -> Result<OwnedFd> {
 
 /// Set attributes on a detached mount tree and every mount in it, before it is attached.
 fn set_tree_attrs(tree: RawFd, attrs: u64) -> Result<()> {
-    let attr = MountAttr {
-        attr_set: attrs,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: 0,
-    };
-    // SAFETY: tree is an open mount descriptor, the path is an empty C string used with
-    // AT_EMPTY_PATH, and attr is a correctly sized mount_attr.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            tree,
-            c"".as_ptr(),
-            (libc::AT_EMPTY_PATH | libc::AT_RECURSIVE) as libc::c_uint,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error())
-            .context("mount_setattr on a detached tree (recursive)");
-    }
-    Ok(())
+    let flags = (libc::AT_EMPTY_PATH | libc::AT_RECURSIVE) as libc::c_uint;
+    mount_setattr(tree, c"", flags, attrs).context("mount_setattr on a detached tree (recursive)")
 }
 
 /// Attach the detached tree `tree` onto the file or directory open as `onto`.

@@ -16,18 +16,6 @@ use common::*;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-fn wait_for(path: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !path.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "{} never appeared",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// `enter --no-network WS -- /bin/bash -c SCRIPT` as `user`, in the background.
 fn spawn_bash(f: &Fixture, user: TestUser, ws: &Path, script: &str) -> Child {
     f.command(Some(user))

@@ -373,27 +373,22 @@ let
     boot.kernel.sysctl."dev.tty.legacy_tiocsti" = false;
     boot.kernel.sysctl."net.netfilter.nf_log_all_netns" = true;
   };
-  # allowedGroup where sudo cannot serve it.
-  sudoOffConfig = evaluate {
-    users.groups.claude-chroot = { };
-    security.sudo.enable = false;
-    programs.claude-chroot = {
-      enable = true;
-      allowedGroup = "claude-chroot";
-    };
-  };
-  wheelOnlyConfig = evaluate {
-    users.groups.claude-chroot = { };
-    security.sudo.execWheelOnly = true;
-    programs.claude-chroot = {
-      enable = true;
-      allowedGroup = "claude-chroot";
-    };
-  };
   otherSysctlConfig = evaluate {
     programs.claude-chroot.enable = true;
     boot.kernel.sysctl."dev.tty.legacy_tiocsti" = 1;
   };
+
+  # allowedGroup with these sudo settings.
+  allowedGroupWithSudo =
+    sudo:
+    evaluate {
+      users.groups.claude-chroot = { };
+      security.sudo = sudo;
+      programs.claude-chroot = {
+        enable = true;
+        allowedGroup = "claude-chroot";
+      };
+    };
 
   # The default lists extended rather than replaced.
   extendedConfig = evaluate {
@@ -481,7 +476,9 @@ in
 
   sudo =
     let
-      messages = failedAssertions sudoOffConfig ++ failedAssertions wheelOnlyConfig;
+      messages =
+        failedAssertions (allowedGroupWithSudo { enable = false; })
+        ++ failedAssertions (allowedGroupWithSudo { execWheelOnly = true; });
     in
     expect "allowedGroup refused without sudo and with execWheelOnly" (
       lib.length messages == 2 && lib.all (lib.hasInfix "execWheelOnly") messages
