@@ -406,3 +406,21 @@ fn without_a_command_enter_starts_a_login_shell_in_the_workspace() {
     assert!(lines.contains(&"login"), "{text}\n{}", stderr(&out));
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
 }
+
+#[test]
+fn the_sandbox_terminals_are_capped_so_the_kernel_pty_pool_is_not_used_up() {
+    let f = Fixture::new();
+    let a = ALICE.ensure();
+    let ws = f.workspace("ws", a);
+    let script = r#"python3 -c '
+import os
+opened = []
+try:
+    while True:
+        opened.append(os.openpty())
+except OSError as e:
+    print(len(opened), e.errno)
+'"#;
+    // The devpts instance takes 256 terminals and refuses the next with ENOSPC.
+    assert_eq!(ok(&f.run(a, &ws, script)), "256 28\n");
+}
