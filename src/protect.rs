@@ -234,8 +234,10 @@ pub fn prepare(
                         SFlag::S_IFDIR | SFlag::S_IFREG => {
                             opened.push((rel.clone(), fd, kind(&st) == SFlag::S_IFDIR, false));
                         }
+                        // A fifo, socket or device: nothing a mount should go onto.
                         _ => notes.push(format!(
-                            "{} is a symlink: it stays writable and is checked at exit",
+                            "{} is neither a file nor a directory: it stays as it is and \
+                             is checked at exit",
                             rel.display()
                         )),
                     }
